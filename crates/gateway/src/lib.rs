@@ -1,0 +1,1 @@
+//! ragfleet-gateway: an L7 load balancer made for chat traffic.

@@ -1,0 +1,1 @@
+//! ragfleet-node: the HTTP service over ragfleet-rag.
