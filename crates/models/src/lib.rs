@@ -1,0 +1,1 @@
+//! ragfleet-models: model runtimes (local candle models, OpenAI-compatible clients).
