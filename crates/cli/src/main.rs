@@ -1,10 +1,21 @@
-//! `ragfleet`: the one binary. Each subcommand lives in its own module.
+//! `ragfleet`: the one binary. Each subcommand lives in its own module and
+//! owns its flags (`Args`) and its entry point (`run`).
 use clap::{Parser, Subcommand};
 
+mod ask;
+mod eval;
+mod gateway;
+mod ingest;
 mod logging;
+mod node;
+mod up;
 
 #[derive(Parser)]
-#[command(name = "ragfleet", version, about = "A RAG chat cluster: gateway, nodes, and the tools around them")]
+#[command(
+    name = "ragfleet",
+    version,
+    about = "A RAG chat cluster: gateway, nodes, and the tools around them"
+)]
 struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true, env = "RAGFLEET_LOG_JSON")]
@@ -14,10 +25,30 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Run a gateway and N nodes on this machine (the whole cluster, one command).
+    Up(up::Args),
+    /// Run the L7 load balancer.
+    Gateway(gateway::Args),
+    /// Run a RAG node (HTTP API, SSE/WebSocket streaming, web chat page).
+    Node(node::Args),
+    /// Ingest files or directories, into a running node or a data directory.
+    Ingest(ingest::Args),
+    /// Ask a question and stream the cited answer to the terminal.
+    Ask(ask::Args),
+    /// Evaluate retrieval (BEIR layout) and answer quality (SQuAD v1.1).
+    Eval(eval::Args),
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     logging::init(cli.log_json);
-    match cli.command {}
+    match cli.command {
+        Command::Up(a) => up::run(a),
+        Command::Gateway(a) => gateway::run(a),
+        Command::Node(a) => node::run(a),
+        Command::Ingest(a) => ingest::run(a),
+        Command::Ask(a) => ask::run(a),
+        Command::Eval(a) => eval::run(a),
+    }
 }
