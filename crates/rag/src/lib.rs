@@ -7,7 +7,9 @@
 
 pub mod embed;
 pub mod error;
+pub mod eval;
 pub mod generate;
+pub mod ingest;
 pub mod types;
 
 pub use error::{RagError, Result};

@@ -1,0 +1,1 @@
+//! Evaluation: retrieval (BEIR layout) and answer quality (SQuAD v1.1).

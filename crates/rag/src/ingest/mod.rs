@@ -1,0 +1,1 @@
+//! Loaders (files → documents) and the splitter (documents → chunks).
