@@ -80,3 +80,25 @@ impl std::str::FromStr for RetrievalMode {
         }
     }
 }
+
+/// A document as a caller hands it in (loader output, API upload), before the
+/// engine assigns an id, hashes it and chunks it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDocument {
+    /// Kept verbatim when given; otherwise derived from the content hash.
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub title: Option<String>,
+    pub text: String,
+    #[serde(default)]
+    pub collection: Option<String>,
+    #[serde(default)]
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub source: Option<String>,
+    /// See [`Document::pages`].
+    #[serde(default)]
+    pub pages: Vec<(usize, u32)>,
+}
