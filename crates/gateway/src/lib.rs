@@ -1,1 +1,273 @@
 //! ragfleet-gateway: an L7 load balancer made for chat traffic.
+//!
+//! Module map:
+//! - [`config`]: strict TOML configuration (and the `--upstream` flag form);
+//! - [`pool`]: runtime state: pools, servers (atomics for in-flight, latency,
+//!   health, drain), retry budgets, the keep-alive upstream client;
+//! - [`balance`]: round_robin (smooth WRR), least_conn, ip_hash, hash
+//!   (consistent hashing with bounded loads), p2c (peak EWMA);
+//! - [`health`]: active health checks (passive health lives on `Server`);
+//! - `proxy`: the request path (route, pick, forward, retry, stream back);
+//! - `body`: streamed bodies with idle/total timeouts; `tunnel`: WebSocket.
+//!
+//! ```no_run
+//! # async fn f(cfg: ragfleet_gateway::config::Config) -> Result<(), ragfleet_gateway::Error> {
+//! let gw = ragfleet_gateway::Gateway::bind(cfg).await?;
+//! println!("listening on {}", gw.local_addr());
+//! gw.run_until(ragfleet_gateway::shutdown_signal()).await
+//! # }
+//! ```
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub mod balance;
+mod body;
+pub mod config;
+pub mod health;
+pub mod pool;
+mod proxy;
+mod tunnel;
+
+pub use config::Config;
+pub use pool::{Pool, Server, ServerSnapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+}
+
+/// Routes and pools in force. Swapped whole on reload; pools keep their
+/// servers' state by address.
+#[derive(Debug)]
+pub struct Runtime {
+    /// (prefix, pool), longest prefix first.
+    routes: Vec<(String, Arc<Pool>)>,
+    pools: BTreeMap<String, Arc<Pool>>,
+}
+
+impl Runtime {
+    fn new(cfg: &Config) -> Runtime {
+        let pools: BTreeMap<String, Arc<Pool>> = cfg
+            .pools
+            .iter()
+            .map(|(name, p)| (name.clone(), Arc::new(Pool::new(name, p.clone()))))
+            .collect();
+        let mut routes: Vec<(String, Arc<Pool>)> = cfg
+            .routes
+            .iter()
+            .filter_map(|r| pools.get(&r.pool).map(|p| (r.prefix.clone(), p.clone())))
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
+        Runtime { routes, pools }
+    }
+
+    /// The pool of the longest route prefix matching `path`.
+    pub fn route(&self, path: &str) -> Option<&Arc<Pool>> {
+        self.routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, p)| p)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(name)
+    }
+}
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    pub(crate) runtime: ArcSwap<Runtime>,
+    pub(crate) forwarded_proto: HeaderValue,
+    /// Every connection and tunnel task, so shutdown can wait for them.
+    pub(crate) tracker: TaskTracker,
+    /// Cancelled when the shutdown deadline passes: cut what is left.
+    pub(crate) hard_stop: CancellationToken,
+}
+
+/// A bound, not yet serving gateway.
+pub struct Gateway {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    config: Config,
+}
+
+/// A cheap handle to a gateway's live state.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    shared: Arc<Shared>,
+}
+
+impl GatewayHandle {
+    /// A pool by name, as currently in force.
+    pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.shared.runtime.load().pool(name).cloned()
+    }
+}
+
+impl Gateway {
+    /// Validate the configuration and bind the listener (port 0 picks one).
+    pub async fn bind(config: Config) -> Result<Gateway, Error> {
+        config.validate("config")?;
+        let addr = config.listen.addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        let forwarded_proto = HeaderValue::from_str(&config.listen.forwarded_proto)
+            .unwrap_or_else(|_| HeaderValue::from_static("http"));
+        let shared = Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(Runtime::new(&config)),
+            forwarded_proto,
+            tracker: TaskTracker::new(),
+            hard_stop: CancellationToken::new(),
+        });
+        Ok(Gateway {
+            listener,
+            local_addr,
+            shared,
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn handle(&self) -> GatewayHandle {
+        GatewayHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serve until `shutdown` completes; then stop accepting, let in-flight
+    /// requests, streams and tunnels finish for up to
+    /// `listen.shutdown_timeout`, cut what remains and return.
+    pub async fn run_until<F: Future>(self, shutdown: F) -> Result<(), Error> {
+        let Gateway {
+            listener,
+            shared,
+            config,
+            ..
+        } = self;
+        let stop_accepting = CancellationToken::new();
+        let health_stop = CancellationToken::new();
+        for pool in shared.runtime.load().pools.values() {
+            if let Some(h) = pool.cfg.health.clone().filter(|h| h.enabled) {
+                tokio::spawn(health::run(pool.clone(), h, health_stop.clone()));
+            }
+        }
+        let header_read_timeout = config.listen.header_read_timeout.0;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off briefly.
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let shared2 = shared.clone();
+                    let stop = stop_accepting.clone();
+                    let hard_stop = shared.hard_stop.clone();
+                    shared.tracker.spawn(async move {
+                        let svc = service_fn(move |req| proxy::handle(shared2.clone(), peer, req));
+                        let mut builder = http1::Builder::new();
+                        builder.timer(TokioTimer::new()).keep_alive(true);
+                        if !header_read_timeout.is_zero() {
+                            builder.header_read_timeout(header_read_timeout);
+                        }
+                        let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+                        tokio::pin!(conn);
+                        tokio::select! {
+                            r = conn.as_mut() => {
+                                if let Err(e) = r {
+                                    tracing::debug!(%peer, "connection ended: {e}");
+                                }
+                                return;
+                            }
+                            _ = stop.cancelled() => {}
+                        }
+                        // Shutting down: finish the request in progress, then close.
+                        conn.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            _ = conn.as_mut() => {}
+                            _ = hard_stop.cancelled() => {}
+                        }
+                    });
+                }
+            }
+        }
+        drop(listener);
+        stop_accepting.cancel();
+        health_stop.cancel();
+        shared.tracker.close();
+        let deadline = config.listen.shutdown_timeout.0;
+        let pending = shared.tracker.len();
+        tracing::info!(
+            pending,
+            "shutting down: waiting up to {deadline:?} for in-flight requests"
+        );
+        if tokio::time::timeout(deadline, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = shared.tracker.len(),
+                "shutdown deadline passed: cutting remaining connections"
+            );
+            shared.hard_stop.cancel();
+            shared.tracker.wait().await;
+        }
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,188 @@
+//! Request and response bodies of the proxy. Response bodies stream frame by
+//! frame (SSE and chunked answers are never buffered) with an idle timeout
+//! between frames and an optional total deadline.
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::pool::InflightGuard;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Body sent upstream: empty, buffered (replayable on retry) or streamed.
+#[derive(Debug)]
+pub enum ReqBody {
+    Empty,
+    Full(Option<Bytes>),
+    Stream(Incoming),
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ReqBody::Stream(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Empty => true,
+            ReqBody::Full(b) => b.is_none(),
+            ReqBody::Stream(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ReqBody::Stream(s) => s.size_hint(),
+        }
+    }
+}
+
+/// Why a streamed response was cut.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("upstream sent nothing for {0:?} (timeouts.body_idle)")]
+    Idle(Duration),
+    #[error("response exceeded timeouts.total ({0:?})")]
+    Total(Duration),
+}
+
+/// An upstream response body passed through as it arrives.
+pub struct UpstreamBody {
+    inner: Incoming,
+    idle: Duration,
+    idle_sleep: Option<Pin<Box<Sleep>>>,
+    total: Option<(Duration, Pin<Box<Sleep>>)>,
+    _guard: Option<InflightGuard>,
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(
+        inner: Incoming,
+        idle: Duration,
+        total: Option<Duration>,
+        guard: InflightGuard,
+    ) -> Self {
+        UpstreamBody {
+            inner,
+            idle,
+            idle_sleep: None,
+            total: total.map(|t| (t, Box::pin(tokio::time::sleep(t)))),
+            _guard: Some(guard),
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some((t, sleep)) = &mut this.total {
+            if sleep.as_mut().poll(cx).is_ready() {
+                let t = *t;
+                this._guard = None;
+                return Poll::Ready(Some(Err(Box::new(StreamError::Total(t)))));
+            }
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(s) = &mut this.idle_sleep {
+                    s.as_mut().reset(Instant::now() + this.idle);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this._guard = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                // Finished: stop counting the request in flight right away.
+                this._guard = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let sleep = this
+                    .idle_sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                ready!(sleep.as_mut().poll(cx));
+                this._guard = None;
+                Poll::Ready(Some(Err(Box::new(StreamError::Idle(idle)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Body returned to clients.
+pub enum ProxyBody {
+    Upstream(UpstreamBody),
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    pub fn empty() -> Self {
+        ProxyBody::Full(None)
+    }
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        ProxyBody::Full(Some(b.into()))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

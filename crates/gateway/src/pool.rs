@@ -1,0 +1,509 @@
+//! Runtime state of upstream pools and their servers.
+//!
+//! A [`Pool`] holds its servers in an `ArcSwap`'d [`ServerSet`] so the list can
+//! be replaced live (hot reload, discovery) while requests in flight keep the
+//! `Arc<Server>` they picked. Each [`Server`] keeps its live state in atomics:
+//! in-flight count, peak-EWMA latency, passive and active health, slow-start
+//! ramp, drain flag. A reload that keeps a server's address can carry the same
+//! `Arc<Server>` over into the new set.
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::balance::{self, Cand, Ring};
+use crate::body::ReqBody;
+use crate::config::{FailKind, HashKey, Policy, PoolConfig, ServerConfig};
+
+/// Nanoseconds since a process-wide epoch (never 0).
+pub(crate) fn now_nanos() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    epoch.elapsed().as_nanos() as u64 + 1
+}
+
+/// Latency assumed for a server nothing is known about yet.
+const DEFAULT_RTT_NS: f64 = 1_000_000.0;
+/// Decay time constant of the peak-EWMA latency.
+const EWMA_TAU_NS: f64 = 10_000_000_000.0;
+/// Effective weights are scaled by this so slow start can ramp smoothly.
+pub(crate) const WEIGHT_SCALE: u64 = 1000;
+
+/// One upstream server and its live state.
+#[derive(Debug)]
+pub struct Server {
+    addr: String,
+    authority: Authority,
+    weight: AtomicU32,
+    backup: bool,
+    inflight: AtomicU64,
+    /// Peak-EWMA of time-to-headers in ns (f64 bits) and when last updated.
+    ewma_bits: AtomicU64,
+    ewma_at: AtomicU64,
+    /// Passive health: failures in the current window, window start, down until.
+    fails: AtomicU32,
+    fail_window_start: AtomicU64,
+    down_until: AtomicU64,
+    /// Active health: current verdict and consecutive results.
+    active_up: AtomicBool,
+    active_ok_streak: AtomicU32,
+    active_fail_streak: AtomicU32,
+    /// When the server last came back (for slow start); 0 = never went down.
+    recovered_at: AtomicU64,
+    drained: AtomicBool,
+    /// Smooth weighted round-robin current weight (guarded by the pool's pick lock).
+    pub(crate) rr_current: AtomicI64,
+    requests: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl Server {
+    /// A server from its `host:port` address; `None` if it is not one.
+    pub fn new(addr: &str, weight: u32, backup: bool) -> Option<Server> {
+        let authority: Authority = addr.parse().ok()?;
+        authority.port_u16()?;
+        Some(Server {
+            addr: addr.to_string(),
+            authority,
+            weight: AtomicU32::new(weight.max(1)),
+            backup,
+            inflight: AtomicU64::new(0),
+            ewma_bits: AtomicU64::new(0f64.to_bits()),
+            ewma_at: AtomicU64::new(0),
+            fails: AtomicU32::new(0),
+            fail_window_start: AtomicU64::new(0),
+            down_until: AtomicU64::new(0),
+            active_up: AtomicBool::new(true),
+            active_ok_streak: AtomicU32::new(0),
+            active_fail_streak: AtomicU32::new(0),
+            recovered_at: AtomicU64::new(0),
+            drained: AtomicBool::new(false),
+            rr_current: AtomicI64::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+    pub(crate) fn authority(&self) -> &Authority {
+        &self.authority
+    }
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Relaxed)
+    }
+    /// Change the weight at runtime (admin API).
+    pub fn set_weight(&self, w: u32) {
+        self.weight.store(w.max(1), Relaxed)
+    }
+    pub fn is_backup(&self) -> bool {
+        self.backup
+    }
+    pub fn inflight(&self) -> u64 {
+        self.inflight.load(Relaxed)
+    }
+    /// Drained servers get no new requests; in-flight ones finish.
+    pub fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Relaxed)
+    }
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Relaxed)
+    }
+    pub fn active_up(&self) -> bool {
+        self.active_up.load(Relaxed)
+    }
+
+    /// Passive health verdict at `now`.
+    pub fn passive_down(&self) -> bool {
+        self.passive_down_at(now_nanos())
+    }
+
+    fn passive_down_at(&self, now: u64) -> bool {
+        let until = self.down_until.load(Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if now < until {
+            return true;
+        }
+        // The down period is over: the server is back (slow start begins).
+        if self
+            .down_until
+            .compare_exchange(until, 0, Relaxed, Relaxed)
+            .is_ok()
+        {
+            self.fails.store(0, Relaxed);
+            self.recovered_at.store(now, Relaxed);
+        }
+        false
+    }
+
+    /// Usable for new requests: not drained, and both health checks allow it.
+    pub fn available(&self) -> bool {
+        !self.is_drained() && self.active_up() && !self.passive_down()
+    }
+
+    /// Effective weight × WEIGHT_SCALE, ramped during slow start.
+    pub(crate) fn effective_weight(&self, slow_start: Duration, now: u64) -> u64 {
+        let w = self.weight() as u64 * WEIGHT_SCALE;
+        let rec = self.recovered_at.load(Relaxed);
+        if slow_start.is_zero() || rec == 0 {
+            return w;
+        }
+        let elapsed = now.saturating_sub(rec) as f64;
+        let frac = elapsed / slow_start.as_nanos() as f64;
+        if frac >= 1.0 {
+            return w;
+        }
+        ((w as f64 * frac.max(0.05)) as u64).max(1)
+    }
+
+    /// Record a failure (passive health). Returns true if it marked the server down.
+    pub(crate) fn record_failure(&self, max_fails: u32, fail_timeout: Duration) -> bool {
+        self.failures.fetch_add(1, Relaxed);
+        if max_fails == 0 {
+            return false;
+        }
+        let now = now_nanos();
+        let window = fail_timeout.as_nanos() as u64;
+        let start = self.fail_window_start.load(Relaxed);
+        let fails = if start == 0 || now.saturating_sub(start) > window {
+            self.fail_window_start.store(now, Relaxed);
+            self.fails.store(1, Relaxed);
+            1
+        } else {
+            self.fails.fetch_add(1, Relaxed) + 1
+        };
+        if fails >= max_fails && self.down_until.load(Relaxed) == 0 {
+            self.down_until.store(now + window.max(1), Relaxed);
+            tracing::warn!(server = %self.addr, fails, "upstream marked down (passive) for {:?}", fail_timeout);
+            return true;
+        }
+        false
+    }
+
+    pub(crate) fn record_success(&self) {
+        if self.fails.load(Relaxed) != 0 && self.down_until.load(Relaxed) == 0 {
+            self.fails.store(0, Relaxed);
+        }
+    }
+
+    /// Feed one active check result; returns the new verdict when it changed.
+    pub(crate) fn record_active(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+        if ok {
+            self.active_fail_streak.store(0, Relaxed);
+            let streak = self.active_ok_streak.fetch_add(1, Relaxed) + 1;
+            if !self.active_up() && streak >= rise {
+                self.active_up.store(true, Relaxed);
+                self.recovered_at.store(now_nanos(), Relaxed);
+                return Some(true);
+            }
+        } else {
+            self.active_ok_streak.store(0, Relaxed);
+            let streak = self.active_fail_streak.fetch_add(1, Relaxed) + 1;
+            if self.active_up() && streak >= fall {
+                self.active_up.store(false, Relaxed);
+                return Some(false);
+            }
+        }
+        None
+    }
+
+    /// Peak-EWMA latency in ns, decayed to `now`.
+    pub(crate) fn ewma_ns(&self, now: u64) -> f64 {
+        let at = self.ewma_at.load(Relaxed);
+        if at == 0 {
+            return DEFAULT_RTT_NS;
+        }
+        let v = f64::from_bits(self.ewma_bits.load(Relaxed));
+        let dt = now.saturating_sub(at) as f64;
+        v * (-dt / EWMA_TAU_NS).exp()
+    }
+
+    pub(crate) fn observe_latency(&self, rtt: Duration) {
+        let now = now_nanos();
+        let rtt = rtt.as_nanos() as f64;
+        let at = self.ewma_at.load(Relaxed);
+        let next = if at == 0 {
+            rtt
+        } else {
+            let cur = f64::from_bits(self.ewma_bits.load(Relaxed));
+            if rtt > cur {
+                rtt
+            } else {
+                let w = (-(now.saturating_sub(at) as f64) / EWMA_TAU_NS).exp();
+                cur * w + rtt * (1.0 - w)
+            }
+        };
+        self.ewma_bits.store(next.to_bits(), Relaxed);
+        self.ewma_at.store(now, Relaxed);
+    }
+
+    /// Count a request as in flight on this server until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Relaxed);
+        self.requests.fetch_add(1, Relaxed);
+        InflightGuard(self.clone())
+    }
+
+    pub fn snapshot(&self) -> ServerSnapshot {
+        let now = now_nanos();
+        ServerSnapshot {
+            addr: self.addr.clone(),
+            weight: self.weight(),
+            backup: self.backup,
+            inflight: self.inflight(),
+            ewma_ms: self.ewma_ns(now) / 1e6,
+            passive_down: self.passive_down_at(now),
+            active_up: self.active_up(),
+            drained: self.is_drained(),
+            requests: self.requests.load(Relaxed),
+            failures: self.failures.load(Relaxed),
+        }
+    }
+}
+
+/// Decrements the server's in-flight count when the response (or tunnel) ends.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<Server>);
+
+impl InflightGuard {
+    pub fn server(&self) -> &Arc<Server> {
+        &self.0
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A point-in-time view of a server (tests, logs, the admin API).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSnapshot {
+    pub addr: String,
+    pub weight: u32,
+    pub backup: bool,
+    pub inflight: u64,
+    pub ewma_ms: f64,
+    pub passive_down: bool,
+    pub active_up: bool,
+    pub drained: bool,
+    pub requests: u64,
+    pub failures: u64,
+}
+
+/// The servers of a pool at one moment, with the hash ring built over them.
+#[derive(Debug)]
+pub struct ServerSet {
+    pub servers: Vec<Arc<Server>>,
+    pub(crate) ring: Ring,
+}
+
+impl ServerSet {
+    pub fn new(servers: Vec<Arc<Server>>) -> ServerSet {
+        let ring = Ring::new(
+            &servers
+                .iter()
+                .map(|s| (s.addr().to_string(), s.weight()))
+                .collect::<Vec<_>>(),
+        );
+        ServerSet { servers, ring }
+    }
+}
+
+/// Token bucket bounding retries to a fraction of requests (plus a trickle).
+#[derive(Debug)]
+pub(crate) struct RetryBudget {
+    ratio: f64,
+    per_sec: f64,
+    cap: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RetryBudget {
+    pub(crate) fn new(ratio: f64, per_sec: f64) -> RetryBudget {
+        RetryBudget {
+            ratio,
+            per_sec,
+            cap: (per_sec * 10.0).max(ratio * 100.0).max(1.0),
+            state: Mutex::new((per_sec, Instant::now())),
+        }
+    }
+
+    fn refill(&self, st: &mut (f64, Instant)) {
+        let now = Instant::now();
+        let dt = now.duration_since(st.1).as_secs_f64();
+        st.0 = (st.0 + dt * self.per_sec).min(self.cap);
+        st.1 = now;
+    }
+
+    pub(crate) fn deposit(&self) {
+        if self.ratio == 0.0 {
+            return;
+        }
+        if let Ok(mut st) = self.state.lock() {
+            st.0 = (st.0 + self.ratio).min(self.cap);
+        }
+    }
+
+    pub(crate) fn try_withdraw(&self) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        self.refill(&mut st);
+        if st.0 >= 1.0 {
+            st.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub(crate) type UpstreamClient = Client<HttpConnector, ReqBody>;
+
+/// An upstream pool: its servers, balancing policy, settings and HTTP client.
+pub struct Pool {
+    name: String,
+    pub(crate) cfg: PoolConfig,
+    servers: ArcSwap<ServerSet>,
+    pick_lock: Mutex<()>,
+    pub(crate) client: UpstreamClient,
+    pub(crate) budget: RetryBudget,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("name", &self.name).finish()
+    }
+}
+
+/// What a pick needs to know about the request.
+pub(crate) struct PickCtx {
+    pub client_ip: IpAddr,
+    pub hash_key: Option<u64>,
+}
+
+impl Pool {
+    pub(crate) fn new(name: &str, cfg: PoolConfig) -> Pool {
+        let servers = cfg
+            .servers
+            .iter()
+            .filter_map(|s: &ServerConfig| Server::new(&s.addr, s.weight, s.backup).map(Arc::new))
+            .collect();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(cfg.timeouts.connect.0));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.keepalive_timeout.0)
+            .pool_max_idle_per_host(cfg.keepalive)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Pool {
+            name: name.to_string(),
+            budget: RetryBudget::new(cfg.retries.budget_ratio, cfg.retries.budget_min_per_sec),
+            cfg,
+            servers: ArcSwap::from_pointee(ServerSet::new(servers)),
+            pick_lock: Mutex::new(()),
+            client,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.cfg.policy
+    }
+
+    pub fn servers(&self) -> Vec<Arc<Server>> {
+        self.servers.load().servers.clone()
+    }
+
+    pub fn server(&self, addr: &str) -> Option<Arc<Server>> {
+        self.servers
+            .load()
+            .servers
+            .iter()
+            .find(|s| s.addr() == addr)
+            .cloned()
+    }
+
+    /// Replace the server list (discovery, reload). Requests in flight keep
+    /// the servers they picked.
+    pub fn set_servers(&self, servers: Vec<Arc<Server>>) {
+        self.servers.store(Arc::new(ServerSet::new(servers)));
+    }
+
+    pub fn snapshot(&self) -> Vec<ServerSnapshot> {
+        self.servers
+            .load()
+            .servers
+            .iter()
+            .map(|s| s.snapshot())
+            .collect()
+    }
+
+    pub(crate) fn hash_key_source(&self) -> Option<&HashKey> {
+        if self.cfg.policy == Policy::Hash {
+            self.cfg.hash.key.as_ref()
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn counts_as_failure(&self, kind: FailKind) -> bool {
+        self.cfg.fail_on.contains(&kind)
+    }
+
+    /// Pick a server for a request, skipping those already `tried`, and count
+    /// the request in flight on it. Backups are used only when no primary can
+    /// take the request.
+    pub(crate) fn pick(&self, ctx: &PickCtx, tried: &[Arc<Server>]) -> Option<InflightGuard> {
+        let set = self.servers.load();
+        let now = now_nanos();
+        let slow_start = self.cfg.slow_start.0;
+        let usable = |s: &Arc<Server>| s.available() && !tried.iter().any(|t| Arc::ptr_eq(t, s));
+        let mut cands: Vec<Cand<'_>> = Vec::with_capacity(set.servers.len());
+        for backup in [false, true] {
+            for (i, s) in set.servers.iter().enumerate() {
+                if s.is_backup() == backup && usable(s) {
+                    cands.push(Cand {
+                        index: i,
+                        server: s,
+                        weight: s.effective_weight(slow_start, now),
+                    });
+                }
+            }
+            if !cands.is_empty() {
+                break;
+            }
+        }
+        if cands.is_empty() {
+            return None;
+        }
+        let _lock = self.pick_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let chosen = match self.cfg.policy {
+            Policy::RoundRobin => balance::smooth_wrr(&cands),
+            Policy::LeastConn => balance::least_conn(&cands),
+            Policy::IpHash => balance::ip_hash(&cands, ctx.client_ip),
+            Policy::Hash => match ctx.hash_key {
+                Some(k) => balance::bounded_hash(&cands, &set.ring, k, self.cfg.hash.load_factor),
+                None => balance::smooth_wrr(&cands),
+            },
+            Policy::P2c => balance::p2c(&cands, now),
+        };
+        Some(set.servers[cands[chosen].index].start_request())
+    }
+}

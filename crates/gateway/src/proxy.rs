@@ -1,0 +1,454 @@
+//! The request path: route → pick a server → forward with per-phase timeouts
+//! → retry before the first response byte → stream the response back.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::balance::hash64;
+use crate::body::{ProxyBody, ReqBody, UpstreamBody};
+use crate::config::{FailKind, HashKey, HostMode};
+use crate::pool::{InflightGuard, PickCtx, Pool};
+use crate::Shared;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// A JSON error response: `{"error":{"code":..,"message":..}}`.
+pub(crate) fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let mut res = Response::new(ProxyBody::full(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// Remove hop-by-hop headers (RFC 9110 §7.6.1), including any the
+/// Connection header names. Returns true if the message asked for an upgrade.
+fn strip_hop_by_hop(h: &mut HeaderMap) -> bool {
+    let mut upgrade = false;
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| {
+            let t = t.trim();
+            if t.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+            HeaderName::from_bytes(t.as_bytes()).ok()
+        })
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+    ] {
+        h.remove(n);
+    }
+    upgrade
+}
+
+fn is_websocket(h: &HeaderMap) -> bool {
+    let conn_upgrade = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    conn_upgrade
+        && h.get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+/// The hash key of a request, if the pool hashes and the request carries it.
+fn hash_key(src: &HashKey, req: &Request<Incoming>) -> Option<u64> {
+    match src {
+        HashKey::Header(name) => req.headers().get(name).map(|v| hash64(&[v.as_bytes()])),
+        HashKey::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| hash64(&[v.as_bytes()])),
+        HashKey::Query(name) => req.uri().query().and_then(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| hash64(&[v.as_bytes()]))
+        }),
+    }
+}
+
+/// Why an attempt failed before response headers arrived.
+enum AttemptError {
+    Connect(String),
+    Error(String),
+    Timeout(Duration),
+}
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let rt = shared.runtime.load_full();
+    let Some(pool) = rt.route(req.uri().path()) else {
+        let msg = format!("no route for {}", req.uri().path());
+        return Ok(json_error(StatusCode::NOT_FOUND, "no_route", &msg));
+    };
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+    };
+    let mut res = proxy(&shared, pool, peer, req, request_id.clone()).await;
+    res.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    Ok(res)
+}
+
+async fn proxy(
+    shared: &Arc<Shared>,
+    pool: &Arc<Pool>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+    request_id: HeaderValue,
+) -> Response<ProxyBody> {
+    let cfg = &pool.cfg;
+    let websocket = is_websocket(req.headers());
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let ctx = PickCtx {
+        client_ip: peer.ip(),
+        hash_key: pool.hash_key_source().and_then(|k| hash_key(k, &req)),
+    };
+    let (parts, incoming) = req.into_parts();
+
+    // Headers sent upstream (the same for every attempt, Host aside).
+    let mut headers = parts.headers;
+    let client_host = headers.get(header::HOST).cloned();
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::UPGRADE);
+    if websocket {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(u) = upgrade_value {
+            headers.insert(header::UPGRADE, u);
+        }
+    }
+    let client_ip = HeaderValue::from_str(&peer.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    headers.insert(X_REAL_IP.clone(), client_ip.clone());
+    let xff = match headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+    {
+        prev if prev.is_empty() => client_ip,
+        prev => HeaderValue::from_str(&format!("{}, {}", prev.join(", "), peer.ip()))
+            .unwrap_or(client_ip),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    headers.insert(X_FORWARDED_PROTO.clone(), shared.forwarded_proto.clone());
+    match &client_host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id);
+
+    // The body: buffered (replayable) when small enough, streamed otherwise.
+    let method = parts.method;
+    let content_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (mut body_bytes, mut stream_body) = if incoming.is_end_stream() {
+        (Some(None), None)
+    } else {
+        match content_length {
+            Some(n) if n <= cfg.retries.max_body_buffer => match incoming.collect().await {
+                Ok(c) => (Some(Some(c.to_bytes())), None),
+                Err(e) => {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request_body",
+                        &format!("could not read the request body: {e}"),
+                    )
+                }
+            },
+            _ => (None, Some(incoming)),
+        }
+    };
+    let replayable = body_bytes.is_some();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+
+    pool.budget.deposit();
+    let tries = cfg.retries.tries.max(1);
+    let mut tried: Vec<Arc<crate::pool::Server>> = Vec::new();
+    let mut last_error: Option<AttemptError> = None;
+    let timeouts = &cfg.timeouts;
+    let headers_deadline = timeouts.connect.0 + timeouts.response_headers.0;
+
+    for attempt in 0..tries {
+        let Some(guard) = pool.pick(&ctx, &tried) else {
+            break;
+        };
+        let server = guard.server().clone();
+        tried.push(server.clone());
+
+        let uri = match Uri::builder()
+            .scheme("http")
+            .authority(server.authority().clone())
+            .path_and_query(path_and_query.clone())
+            .build()
+        {
+            Ok(u) => u,
+            Err(e) => {
+                return json_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
+            }
+        };
+        let body = match (&mut body_bytes, &mut stream_body) {
+            (Some(None), _) => ReqBody::Empty,
+            (Some(Some(b)), _) => ReqBody::Full(Some(b.clone())),
+            (None, s) => match s.take() {
+                Some(s) => ReqBody::Stream(s),
+                None => break,
+            },
+        };
+        let mut up = Request::new(body);
+        *up.method_mut() = method.clone();
+        *up.uri_mut() = uri;
+        *up.headers_mut() = headers.clone();
+        match cfg.host {
+            HostMode::Pass => {
+                if client_host.is_none() {
+                    up.headers_mut().remove(header::HOST);
+                }
+            }
+            HostMode::Upstream => {
+                if let Ok(v) = HeaderValue::from_str(server.addr()) {
+                    up.headers_mut().insert(header::HOST, v);
+                }
+            }
+        }
+
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(headers_deadline, pool.client.request(up)).await;
+        let can_retry = |kind: FailKind| {
+            attempt + 1 < tries
+                && replayable
+                && cfg.retries.on.contains(&kind)
+                && (idempotent(&method) || kind == FailKind::Connect)
+        };
+        let (kind, err) = match outcome {
+            Ok(Ok(mut res)) => {
+                let status = res.status().as_u16();
+                let fail = FailKind::from_status(status);
+                if let Some(kind) = fail {
+                    if pool.counts_as_failure(kind) {
+                        server.record_failure(cfg.max_fails, cfg.fail_timeout.0);
+                    }
+                    if can_retry(kind) && pool.budget.try_withdraw() {
+                        tracing::debug!(server = %server.addr(), status, "retrying on next server");
+                        continue;
+                    }
+                } else {
+                    server.record_success();
+                }
+                server.observe_latency(started.elapsed());
+                if status == 101 {
+                    if let Some(client_up) = client_upgrade {
+                        return tunnel(shared, res, client_up, guard, timeouts.websocket_idle.0);
+                    }
+                }
+                strip_hop_by_hop(res.headers_mut());
+                res.headers_mut().remove(header::UPGRADE);
+                let total = (!timeouts.total.0.is_zero()).then_some(timeouts.total.0);
+                return res.map(|b| {
+                    ProxyBody::Upstream(UpstreamBody::new(b, timeouts.body_idle.0, total, guard))
+                });
+            }
+            Ok(Err(e)) => {
+                let msg = error_chain(&e);
+                if e.is_connect() {
+                    (FailKind::Connect, AttemptError::Connect(msg))
+                } else {
+                    (FailKind::Error, AttemptError::Error(msg))
+                }
+            }
+            Err(_) => (FailKind::Timeout, AttemptError::Timeout(headers_deadline)),
+        };
+        drop(guard);
+        if pool.counts_as_failure(kind) {
+            server.record_failure(cfg.max_fails, cfg.fail_timeout.0);
+        }
+        // A connect failure means the upstream never saw the request, so even a
+        // non-replayable streamed body is still untouched... but it was moved
+        // into the failed request; only buffered bodies can be sent again.
+        let retry = can_retry(kind) && pool.budget.try_withdraw();
+        tracing::debug!(server = %server.addr(), ?kind, retry, "upstream attempt failed");
+        last_error = Some(err);
+        if !retry {
+            break;
+        }
+    }
+
+    match last_error {
+        None => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_upstream",
+            &format!("no server available in pool {:?}", pool.name()),
+        ),
+        Some(AttemptError::Timeout(d)) => json_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            &format!("no response headers from upstream within {d:?}"),
+        ),
+        Some(AttemptError::Connect(m)) => json_error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            &format!("could not connect to an upstream server: {m}"),
+        ),
+        Some(AttemptError::Error(m)) => json_error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            &format!("upstream failed before responding: {m}"),
+        ),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Answer 101 to the client and join both upgraded connections with a byte
+/// tunnel; an idle tunnel is closed after `idle`, and closing one side closes
+/// the other.
+fn tunnel(
+    shared: &Arc<Shared>,
+    mut upstream_res: Response<Incoming>,
+    client_up: hyper::upgrade::OnUpgrade,
+    guard: InflightGuard,
+    idle: Duration,
+) -> Response<ProxyBody> {
+    let upstream_up = hyper::upgrade::on(&mut upstream_res);
+    let hard_stop = shared.hard_stop.clone();
+    shared.tracker.spawn(async move {
+        let _guard = guard;
+        let (client, upstream) = match tokio::try_join!(client_up, upstream_up) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!("websocket upgrade failed: {e}");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        tokio::select! {
+            r = crate::tunnel::copy_bidirectional_idle(&mut client, &mut upstream, idle) => {
+                if let Err(e) = r {
+                    tracing::debug!("websocket tunnel ended: {e}");
+                }
+            }
+            _ = hard_stop.cancelled() => {}
+        }
+    });
+    let (mut parts, _) = upstream_res.into_parts();
+    let upgrade = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(u) = upgrade {
+        parts.headers.insert(header::UPGRADE, u);
+    }
+    Response::from_parts(parts, ProxyBody::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-hop"),
+        );
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-end", HeaderValue::from_static("2"));
+        assert!(!strip_hop_by_hop(&mut h));
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-end"));
+    }
+
+    #[test]
+    fn websocket_detection() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_websocket(&h));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!is_websocket(&h));
+    }
+}
