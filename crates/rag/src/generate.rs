@@ -76,3 +76,6 @@ pub trait Generator: Send + Sync {
     fn count_tokens(&self, text: &str) -> usize;
     fn generate(&self, req: GenerateRequest) -> BoxStream<'static, Result<String>>;
 }
+
+/// The model-free generator (sentences extracted from the sources).
+pub mod extractive;

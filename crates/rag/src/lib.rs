@@ -2,14 +2,26 @@
 //! streamed answer. It knows nothing of HTTP.
 //!
 //! Every stage is a trait with real implementations chosen by configuration:
-//! [`embed::Embedder`], [`generate::Generator`] (and, as they land, the
-//! vector/lexical indexes and the document/conversation stores).
+//! [`embed::Embedder`], [`generate::Generator`], the indexes
+//! ([`index::VectorIndex`], [`index::lexical::LexicalIndex`]) and the stores
+//! ([`store::DocumentStore`], [`store::ConversationStore`], [`store::RunStore`]).
+//! [`engine::Engine`] ties them together.
 
+pub mod api;
+pub mod config;
 pub mod embed;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod index;
 pub mod ingest;
+pub mod prompt;
+pub mod retrieve;
+pub mod store;
 pub mod types;
 
+pub use api::*;
+pub use config::{EngineConfig, PromptConfig, RetrievalConfig};
+pub use engine::{Engine, Generators};
 pub use error::{RagError, Result};

@@ -1,0 +1,280 @@
+//! Plain data of the [`crate::engine::Engine`] API (documents, search, chat,
+//! conversations, run snapshots). All of it is serde-serialisable so the HTTP
+//! layer can return it as JSON unchanged.
+use serde::{Deserialize, Serialize};
+
+use crate::generate::{ChatMessage, GenParams, Role, Source};
+use crate::types::{Metadata, RetrievalMode};
+
+/// What ingesting one document did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestStatus {
+    /// A new document.
+    Created,
+    /// The document existed with other content; its old chunks were replaced.
+    Replaced,
+    /// The document existed with the same content (and title, collection,
+    /// metadata): nothing was done.
+    Unchanged,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestOutcome {
+    pub doc_id: String,
+    pub chunks: usize,
+    pub status: IngestStatus,
+}
+
+/// A stored document (without its text).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentInfo {
+    pub id: String,
+    pub title: String,
+    pub collection: String,
+    pub metadata: Metadata,
+    pub source: Option<String>,
+    pub chunks: usize,
+    /// Length of the text in chars.
+    pub chars: usize,
+    pub content_hash: String,
+    /// RFC 3339.
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Items matching in total (all pages).
+    pub total: usize,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    pub query: String,
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    #[serde(default)]
+    pub mode: RetrievalMode,
+    #[serde(default)]
+    pub collection: Option<String>,
+    /// Exact-match filter on document metadata: every key must be present
+    /// with an equal JSON value.
+    #[serde(default)]
+    pub filter: Metadata,
+}
+
+fn default_top_k() -> usize {
+    5
+}
+
+impl SearchQuery {
+    /// A query with the defaults (top 5, hybrid, no filter).
+    pub fn new(query: impl Into<String>) -> Self {
+        Self {
+            query: query.into(),
+            top_k: default_top_k(),
+            mode: RetrievalMode::default(),
+            collection: None,
+            filter: Metadata::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatRequest {
+    pub message: String,
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    #[serde(default)]
+    pub collection: Option<String>,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub mode: Option<RetrievalMode>,
+    /// Name of a generator in [`crate::engine::Generators`]; the default when `None`.
+    #[serde(default)]
+    pub generator: Option<String>,
+    #[serde(default)]
+    pub params: Option<GenParams>,
+    /// Exact-match metadata filter for retrieval (extension of ENGINE_API.md).
+    #[serde(default)]
+    pub filter: Metadata,
+}
+
+impl ChatRequest {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A source given to the generator, numbered `n` in the prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Citation {
+    pub n: usize,
+    pub doc_id: String,
+    pub chunk_id: String,
+    pub title: String,
+    /// The chunk text (the cited span is `start..end` of the document, in chars).
+    pub snippet: String,
+    pub start: usize,
+    pub end: usize,
+    pub page: Option<u32>,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// Per-stage wall times of one answer, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Timings {
+    pub embed_ms: f64,
+    pub search_ms: f64,
+    /// From the start of the request to the first token.
+    pub first_token_ms: Option<f64>,
+    pub total_ms: f64,
+}
+
+/// One event of a chat stream: `Retrieval`, then `Token`*, then `Done` or `Error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChatEvent {
+    Retrieval {
+        conversation_id: String,
+        run_id: String,
+        citations: Vec<Citation>,
+    },
+    Token {
+        text: String,
+    },
+    Done {
+        conversation_id: String,
+        run_id: String,
+        answer: String,
+        /// The sources the answer references (`[n]` markers); all sources
+        /// when it references none.
+        citations: Vec<Citation>,
+        usage: Usage,
+        timings: Timings,
+    },
+    Error {
+        message: String,
+    },
+}
+
+pub type ChatStream = futures::stream::BoxStream<'static, ChatEvent>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationInfo {
+    pub id: String,
+    /// The first question, truncated.
+    pub title: String,
+    pub turns: usize,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub id: String,
+    pub title: String,
+    pub created_at: String,
+    pub turns: Vec<Turn>,
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    pub role: Role,
+    pub content: String,
+    #[serde(default)]
+    pub citations: Vec<Citation>,
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// Retrieval settings of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRetrieval {
+    pub mode: RetrievalMode,
+    pub top_k: usize,
+    pub rrf_k: f32,
+    pub candidates: usize,
+    pub collection: Option<String>,
+    #[serde(default)]
+    pub filter: Metadata,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrievedChunk {
+    pub chunk_id: String,
+    pub score: f32,
+}
+
+/// Everything needed to reproduce an answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSnapshot {
+    pub run_id: String,
+    /// RFC 3339.
+    pub time: String,
+    /// SHA-256 of the engine configuration (JSON).
+    pub config_hash: String,
+    /// [`crate::embed::Embedder::id`] (model name + file hash).
+    pub embedder_id: String,
+    /// Name of the generator in the engine's [`crate::engine::Generators`].
+    pub generator: String,
+    /// [`crate::generate::Generator::id`] (kind + model + file hash).
+    pub generator_id: String,
+    pub retrieval: RunRetrieval,
+    pub retrieved: Vec<RetrievedChunk>,
+    /// The exact prompt given to the generator.
+    pub prompt: Vec<ChatMessage>,
+    /// The question and the numbered sources as given to the generator.
+    pub question: String,
+    pub sources: Vec<Source>,
+    pub params: GenParams,
+    pub output: String,
+    pub citations: Vec<Citation>,
+    pub usage: Usage,
+    pub timings: Timings,
+    pub conversation_id: String,
+}
+
+/// The result of [`crate::engine::Engine::replay`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replay {
+    pub run_id: String,
+    pub generator_id: String,
+    /// The generator's id differs from the one recorded in the run.
+    pub generator_changed: bool,
+    pub original: String,
+    pub output: String,
+    /// `output == original`.
+    pub identical: bool,
+}
+
+/// Cheap counters.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct EngineStats {
+    pub documents: usize,
+    pub chunks: usize,
+    pub vector_index_size: usize,
+    pub lexical_index_size: usize,
+    /// Last document change sequence number applied to the indexes.
+    pub applied_seq: u64,
+}

@@ -1,0 +1,1173 @@
+//! The [`Engine`] facade: ingestion, retrieval, cited chat, conversations and
+//! run snapshots over one data directory.
+//!
+//! NOTE for the node engineer — differences from ENGINE_API.md:
+//! - API types live in [`crate::api`] and are re-exported at the crate root
+//!   (`ragfleet_rag::{ChatEvent, SearchQuery, ...}`); `Engine`/`Generators`
+//!   are at the root too.
+//! - Added: `ChatRequest::filter` (exact-match metadata filter, like
+//!   `SearchQuery::filter`), `ChatRequest::new(msg)`, `SearchQuery::new(q)`.
+//! - Added: `Engine::replay(run_id) -> Result<Replay>` (regenerates a run from
+//!   its stored prompt and parameters), `Engine::flush()` (saves the vector
+//!   index; also done on drop), `Generators::single(name, gen)`.
+//! - `RunSnapshot` has `generator` (name) and `generator_id`, plus `question`,
+//!   `sources`, `usage`, and `retrieval.{candidates, filter}`.
+//! - `EngineConfig` has an extra `index` section ([`crate::config::IndexConfig`]).
+//! - Errors: `RagError::InvalidInput` for bad requests (empty query/message,
+//!   unknown generator, top_k 0) → HTTP 400; `NotFound` → 404; others → 500.
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use parking_lot::RwLock;
+use sha2::{Digest, Sha256};
+
+use crate::api::*;
+use crate::config::{EngineConfig, IndexConfig, VectorIndexKind};
+use crate::embed::Embedder;
+use crate::generate::{GenerateRequest, Generator, Role};
+use crate::index::flat::FlatIndex;
+use crate::index::hnsw::{HnswIndex, HnswParams};
+use crate::index::lexical::{LexicalDoc, LexicalIndex};
+use crate::index::{KeyFilter, VectorIndex};
+use crate::prompt::{build_prompt, cited_numbers};
+use crate::retrieve::rrf;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{now_rfc3339, ChangeOp, DocumentRecord, NewChunk, Store, StoredChunk};
+use crate::types::{Chunk, Document, Hit, NewDocument, RetrievalMode, DEFAULT_COLLECTION};
+use crate::{RagError, Result};
+
+/// Texts embedded per call.
+const EMBED_BATCH: usize = 32;
+/// Largest `top_k` a request may ask for.
+const MAX_TOP_K: usize = 1000;
+
+/// The generators a node offers, by name.
+#[derive(Clone)]
+pub struct Generators {
+    pub default: String,
+    pub by_name: BTreeMap<String, Arc<dyn Generator>>,
+}
+
+impl Generators {
+    /// One generator, which is the default.
+    pub fn single(name: impl Into<String>, generator: Arc<dyn Generator>) -> Self {
+        let name = name.into();
+        Self {
+            default: name.clone(),
+            by_name: BTreeMap::from([(name, generator)]),
+        }
+    }
+
+    /// The named generator, or the default.
+    pub fn get(&self, name: Option<&str>) -> Result<(String, Arc<dyn Generator>)> {
+        let name = name.unwrap_or(&self.default);
+        self.by_name
+            .get(name)
+            .map(|g| (name.to_string(), g.clone()))
+            .ok_or_else(|| {
+                RagError::InvalidInput(format!(
+                    "unknown generator {name:?} (available: {})",
+                    self.by_name.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            })
+    }
+}
+
+impl std::fmt::Debug for Generators {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generators")
+            .field("default", &self.default)
+            .field("by_name", &self.by_name.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+struct Owner {
+    doc_id: Arc<str>,
+    collection: Arc<str>,
+}
+
+struct Inner {
+    cfg: EngineConfig,
+    config_hash: String,
+    embedder: Arc<dyn Embedder>,
+    generators: Generators,
+    store: Arc<dyn Store>,
+    vectors: RwLock<Box<dyn VectorIndex>>,
+    lexical: LexicalIndex,
+    owners: RwLock<HashMap<u64, Owner>>,
+    /// Serialises every index/store write.
+    write: tokio::sync::Mutex<()>,
+    documents: AtomicUsize,
+    chunks: AtomicUsize,
+    unsaved: AtomicUsize,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.unsaved.load(Ordering::Relaxed) > 0 {
+            if let Err(e) = self.vectors.read().save() {
+                tracing::warn!(error = %e, "saving the vector index on shutdown failed");
+            }
+        }
+    }
+}
+
+/// The RAG engine. Cheap to clone (an `Arc` inside); `Send + Sync`.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// Retrieval output with its timings.
+struct Retrieved {
+    hits: Vec<Hit>,
+    embed_ms: f64,
+    search_ms: f64,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+fn sha256_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+fn truncate_chars(s: &str, n: usize) -> String {
+    let s = s.trim();
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn join_err(e: tokio::task::JoinError) -> RagError {
+    RagError::Model(format!("embedding task failed: {e}"))
+}
+
+impl Engine {
+    /// Opens (creating if needed) the data directory: the SQLite store, the
+    /// lexical and vector indexes — which catch up from the store's change
+    /// log instead of being rebuilt.
+    pub async fn open(
+        cfg: EngineConfig,
+        embedder: Arc<dyn Embedder>,
+        generators: Generators,
+    ) -> Result<Engine> {
+        if generators.by_name.is_empty() {
+            return Err(RagError::InvalidInput("no generator configured".into()));
+        }
+        generators.get(None)?;
+        if cfg.retrieval.rrf_k < 0.0 || !cfg.retrieval.rrf_k.is_finite() {
+            return Err(RagError::InvalidInput(format!(
+                "retrieval.rrf_k must be a non-negative number, not {}",
+                cfg.retrieval.rrf_k
+            )));
+        }
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| RagError::Storage(format!("creating {}: {e}", cfg.data_dir.display())))?;
+        let store = SqliteStore::open(&cfg.data_dir.join("ragfleet.db")).await?;
+        Self::open_with_store(cfg, Arc::new(store), embedder, generators).await
+    }
+
+    /// Like [`Engine::open`] with a given store backend.
+    pub async fn open_with_store(
+        cfg: EngineConfig,
+        store: Arc<dyn Store>,
+        embedder: Arc<dyn Embedder>,
+        generators: Generators,
+    ) -> Result<Engine> {
+        let dim = embedder.dim();
+        let data_dir = cfg.data_dir.clone();
+        let lexical = {
+            let dir = data_dir.join("lexical");
+            tokio::task::spawn_blocking(move || LexicalIndex::open(&dir))
+                .await
+                .map_err(join_err)??
+        };
+        let vectors = {
+            let icfg = cfg.index.clone();
+            let dir = data_dir.clone();
+            tokio::task::spawn_blocking(move || open_vector_index(&dir, &icfg, dim))
+                .await
+                .map_err(join_err)??
+        };
+        let config_hash = sha256_hex(&[serde_json::to_string(&cfg)
+            .map_err(|e| RagError::InvalidInput(e.to_string()))?
+            .as_bytes()]);
+        let owners = store
+            .chunk_owners()
+            .await?
+            .into_iter()
+            .map(|o| {
+                (
+                    o.key,
+                    Owner {
+                        doc_id: o.doc_id.into(),
+                        collection: o.collection.into(),
+                    },
+                )
+            })
+            .collect();
+        let (documents, chunks) = store.counts().await?;
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                cfg,
+                config_hash,
+                embedder,
+                generators,
+                store,
+                vectors: RwLock::new(vectors),
+                lexical,
+                owners: RwLock::new(owners),
+                write: tokio::sync::Mutex::new(()),
+                documents: AtomicUsize::new(documents),
+                chunks: AtomicUsize::new(chunks),
+                unsaved: AtomicUsize::new(0),
+            }),
+        };
+        engine.catch_up().await?;
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.cfg
+    }
+
+    pub fn generator_names(&self) -> Vec<String> {
+        self.inner.generators.by_name.keys().cloned().collect()
+    }
+
+    /// SHA-256 of the configuration (recorded in run snapshots).
+    pub fn config_hash(&self) -> &str {
+        &self.inner.config_hash
+    }
+
+    /// The store answers and the indexes are loaded and caught up.
+    pub async fn ready(&self) -> Result<()> {
+        self.inner.store.ping().await?;
+        let last = self.inner.store.last_seq().await?;
+        let applied = self.applied_seq();
+        if applied < last {
+            return Err(RagError::Index(format!(
+                "indexes at change {applied}, store at {last}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn applied_seq(&self) -> u64 {
+        self.inner
+            .vectors
+            .read()
+            .applied_seq()
+            .min(self.inner.lexical.applied_seq())
+    }
+
+    /// Applies the store's changes the indexes have not seen yet (after a
+    /// restart, or written by another node sharing the store). Idempotent.
+    pub async fn catch_up(&self) -> Result<u64> {
+        let _w = self.inner.write.lock().await;
+        let inner = &self.inner;
+        let mut from = self.applied_seq();
+        loop {
+            let changes = inner.store.changes_since(from, 1000).await?;
+            let Some(last) = changes.last().map(|c| c.seq) else {
+                break;
+            };
+            // Collapse per document: every removed key goes, then the
+            // document's current chunks (if it still exists) are added.
+            let mut docs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+            for c in &changes {
+                docs.entry(c.doc_id.clone())
+                    .or_default()
+                    .extend(&c.removed_keys);
+            }
+            for (doc_id, removed) in docs {
+                let current = inner.store.document_chunks(&doc_id).await?;
+                self.apply(&doc_id, &removed, &current);
+            }
+            inner.lexical.commit(last)?;
+            inner.vectors.write().set_applied_seq(last);
+            from = last;
+            tracing::info!(seq = last, "indexes caught up with the store");
+        }
+        self.maybe_save(true);
+        Ok(from)
+    }
+
+    /// Applies one document's change to both indexes and the owner map
+    /// (lexical changes become visible at the next commit).
+    fn apply(&self, doc_id: &str, removed: &[u64], current: &[StoredChunk]) {
+        let inner = &self.inner;
+        inner.lexical.delete_document(doc_id);
+        let lex: Vec<LexicalDoc<'_>> = current
+            .iter()
+            .map(|c| LexicalDoc {
+                key: c.key,
+                doc_id: &c.doc_id,
+                collection: &c.collection,
+                title: &c.title,
+                text: &c.text,
+            })
+            .collect();
+        if let Err(e) = inner.lexical.add(&lex) {
+            tracing::error!(error = %e, doc_id, "lexical index add failed");
+        }
+        let mut all_removed: Vec<u64> = removed.to_vec();
+        all_removed.extend(current.iter().map(|c| c.key));
+        let items: Vec<(u64, Vec<f32>)> = current
+            .iter()
+            .filter_map(|c| c.embedding.clone().map(|e| (c.key, e)))
+            .collect();
+        {
+            let mut v = inner.vectors.write();
+            v.remove(&all_removed);
+            if let Err(e) = v.add(&items) {
+                tracing::error!(error = %e, doc_id, "vector index add failed");
+            }
+        }
+        {
+            let mut owners = inner.owners.write();
+            for k in removed {
+                owners.remove(k);
+            }
+            if let Some(first) = current.first() {
+                let owner = Owner {
+                    doc_id: first.doc_id.as_str().into(),
+                    collection: first.collection.as_str().into(),
+                };
+                for c in current {
+                    owners.insert(c.key, owner.clone());
+                }
+            }
+        }
+        inner
+            .unsaved
+            .fetch_add(removed.len() + current.len(), Ordering::Relaxed);
+    }
+
+    /// Saves the vector index when enough changes accumulated (or `force`).
+    fn maybe_save(&self, force: bool) {
+        let unsaved = self.inner.unsaved.load(Ordering::Relaxed);
+        if unsaved == 0 || (!force && unsaved < self.inner.cfg.index.save_every) {
+            return;
+        }
+        self.inner.unsaved.store(0, Ordering::Relaxed);
+        if let Err(e) = self.inner.vectors.read().save() {
+            tracing::warn!(error = %e, "saving the vector index failed (changes are replayed at the next open)");
+        }
+    }
+
+    /// Saves the vector index now.
+    pub async fn flush(&self) -> Result<()> {
+        let _w = self.inner.write.lock().await;
+        self.inner.unsaved.store(0, Ordering::Relaxed);
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.vectors.read().save())
+            .await
+            .map_err(join_err)?
+    }
+
+    // ---------------------------------------------------------------- documents
+
+    pub async fn ingest(&self, doc: NewDocument) -> Result<IngestOutcome> {
+        self.ingest_batch(vec![doc])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(RagError::InvalidInput("nothing to ingest".into())))
+    }
+
+    /// Ingests documents; each gets its own result (one bad document never
+    /// loses the others). Embeddings are computed on blocking threads in
+    /// batches; the indexes are committed once for the whole batch.
+    pub async fn ingest_batch(&self, docs: Vec<NewDocument>) -> Vec<Result<IngestOutcome>> {
+        let mut results: Vec<Option<Result<IngestOutcome>>> =
+            (0..docs.len()).map(|_| None).collect();
+        // 1. Validate, hash, skip unchanged, split.
+        let mut prepared: Vec<(usize, DocumentRecord, Vec<Chunk>)> = Vec::new();
+        for (i, nd) in docs.into_iter().enumerate() {
+            match self.prepare(nd).await {
+                Ok(Prepared::Unchanged(o)) => results[i] = Some(Ok(o)),
+                Ok(Prepared::New(rec, chunks)) => prepared.push((i, rec, chunks)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        // 2. Embed every chunk of the batch.
+        let texts: Vec<String> = prepared
+            .iter()
+            .flat_map(|(_, rec, chunks)| chunks.iter().map(|c| embed_text(&rec.title, &c.text)))
+            .collect();
+        let embedded = self.embed_texts(texts).await;
+        let mut embeddings = match embedded {
+            Ok(e) => e.into_iter(),
+            Err(e) => {
+                let msg = e.to_string();
+                for (i, _, _) in &prepared {
+                    results[*i] = Some(Err(RagError::Model(msg.clone())));
+                }
+                return results
+                    .into_iter()
+                    .map(|r| r.unwrap_or_else(|| Err(RagError::Model(msg.clone()))))
+                    .collect();
+            }
+        };
+        // 3. Store and index, serialised with other writers.
+        if !prepared.is_empty() {
+            let _w = self.inner.write.lock().await;
+            let mut last_seq = None;
+            for (i, rec, chunks) in prepared {
+                let new_chunks: Vec<NewChunk> = chunks
+                    .into_iter()
+                    .map(|c| NewChunk {
+                        embedding: embeddings.next().unwrap_or_default(),
+                        id: c.id,
+                        ordinal: c.ordinal,
+                        text: c.text,
+                        start: c.start,
+                        end: c.end,
+                        page: c.page,
+                    })
+                    .collect();
+                let r = self.store_and_index(&rec, new_chunks).await;
+                if let Ok((_, seq)) = &r {
+                    last_seq = Some(*seq);
+                }
+                results[i] = Some(r.map(|(o, _)| o));
+            }
+            if let Some(seq) = last_seq {
+                if let Err(e) = self.inner.lexical.commit(seq) {
+                    tracing::error!(error = %e, "lexical index commit failed");
+                }
+                self.inner.vectors.write().set_applied_seq(seq);
+                self.maybe_save(false);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(RagError::Index("document was not processed".into()))))
+            .collect()
+    }
+
+    async fn store_and_index(
+        &self,
+        rec: &DocumentRecord,
+        chunks: Vec<NewChunk>,
+    ) -> Result<(IngestOutcome, u64)> {
+        // Re-check under the write lock: a concurrent ingest may have stored it.
+        if let Some(existing) = self.inner.store.get_document(&rec.id).await? {
+            if existing.content_hash == rec.content_hash {
+                return Ok((
+                    IngestOutcome {
+                        doc_id: rec.id.clone(),
+                        chunks: existing.chunks,
+                        status: IngestStatus::Unchanged,
+                    },
+                    existing.seq,
+                ));
+            }
+        }
+        let n = chunks.len();
+        let up = self.inner.store.upsert_document(rec, &chunks).await?;
+        let stored: Vec<StoredChunk> = chunks
+            .into_iter()
+            .zip(&up.keys)
+            .map(|(c, &key)| StoredChunk {
+                key,
+                id: c.id,
+                doc_id: rec.id.clone(),
+                ordinal: c.ordinal,
+                collection: rec.collection.clone(),
+                title: rec.title.clone(),
+                text: c.text,
+                start: c.start,
+                end: c.end,
+                page: c.page,
+                embedding: Some(c.embedding),
+            })
+            .collect();
+        self.apply(&rec.id, &up.change.removed_keys, &stored);
+        if !up.replaced {
+            self.inner.documents.fetch_add(1, Ordering::Relaxed);
+        }
+        let old = up.change.removed_keys.len();
+        let _ = self
+            .inner
+            .chunks
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some((c + n).saturating_sub(old))
+            });
+        Ok((
+            IngestOutcome {
+                doc_id: rec.id.clone(),
+                chunks: n,
+                status: if up.replaced {
+                    IngestStatus::Replaced
+                } else {
+                    IngestStatus::Created
+                },
+            },
+            up.change.seq,
+        ))
+    }
+
+    async fn prepare(&self, nd: NewDocument) -> Result<Prepared> {
+        if nd.text.trim().is_empty() {
+            return Err(RagError::InvalidInput(format!(
+                "document {} has no text",
+                nd.id
+                    .as_deref()
+                    .or(nd.source.as_deref())
+                    .unwrap_or("(unnamed)")
+            )));
+        }
+        let collection = nd
+            .collection
+            .filter(|c| !c.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_COLLECTION.to_string());
+        let title = nd.title.unwrap_or_default();
+        let metadata_json = serde_json::to_string(&nd.metadata)
+            .map_err(|e| RagError::InvalidInput(e.to_string()))?;
+        let pages_json =
+            serde_json::to_string(&nd.pages).map_err(|e| RagError::InvalidInput(e.to_string()))?;
+        let content_hash = sha256_hex(&[
+            title.as_bytes(),
+            nd.text.as_bytes(),
+            collection.as_bytes(),
+            metadata_json.as_bytes(),
+            pages_json.as_bytes(),
+            nd.source.as_deref().unwrap_or("").as_bytes(),
+        ]);
+        let id = match nd.id {
+            Some(id) if !id.trim().is_empty() => id,
+            Some(_) => return Err(RagError::InvalidInput("document id is empty".into())),
+            None => format!("doc-{}", &sha256_hex(&[nd.text.as_bytes()])[..16]),
+        };
+        if let Some(existing) = self.inner.store.get_document(&id).await? {
+            if existing.content_hash == content_hash {
+                return Ok(Prepared::Unchanged(IngestOutcome {
+                    doc_id: id,
+                    chunks: existing.chunks,
+                    status: IngestStatus::Unchanged,
+                }));
+            }
+        }
+        let doc = Document {
+            id: id.clone(),
+            title: title.clone(),
+            text: nd.text,
+            collection: collection.clone(),
+            metadata: nd.metadata,
+            source: nd.source,
+            pages: nd.pages,
+        };
+        let chunks = split(&doc, self.inner.embedder.as_ref(), &self.inner.cfg.chunk);
+        let chars = doc.text.chars().count();
+        Ok(Prepared::New(
+            DocumentRecord {
+                id,
+                title,
+                collection,
+                metadata: doc.metadata,
+                source: doc.source,
+                text: doc.text,
+                pages: doc.pages,
+                content_hash,
+                chunks: chunks.len(),
+                chars,
+                created_at: String::new(),
+                updated_at: String::new(),
+                seq: 0,
+            },
+            chunks,
+        ))
+    }
+
+    /// Embeds on blocking threads, `EMBED_BATCH` texts per call.
+    async fn embed_texts(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let embedder = self.inner.embedder.clone();
+        let dim = embedder.dim();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(texts.len());
+            for batch in texts.chunks(EMBED_BATCH) {
+                let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+                let vecs = embedder.embed(&refs)?;
+                if vecs.len() != refs.len() || vecs.iter().any(|v| v.len() != dim) {
+                    return Err(RagError::Model(format!(
+                        "embedder returned {} vectors for {} texts (dimension {dim} expected)",
+                        vecs.len(),
+                        refs.len()
+                    )));
+                }
+                out.extend(vecs);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(join_err)?
+    }
+
+    pub async fn get_document(&self, id: &str) -> Result<Option<DocumentInfo>> {
+        Ok(self.inner.store.get_document(id).await?.map(doc_info))
+    }
+
+    pub async fn list_documents(
+        &self,
+        collection: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Page<DocumentInfo>> {
+        let p = self
+            .inner
+            .store
+            .list_documents(collection, offset, limit)
+            .await?;
+        Ok(Page {
+            items: p.items.into_iter().map(doc_info).collect(),
+            total: p.total,
+            offset: p.offset,
+            limit: p.limit,
+        })
+    }
+
+    /// Removes a document from the store and both indexes.
+    pub async fn delete_document(&self, id: &str) -> Result<bool> {
+        let _w = self.inner.write.lock().await;
+        let Some(change) = self.inner.store.delete_document(id).await? else {
+            return Ok(false);
+        };
+        debug_assert_eq!(change.op, ChangeOp::Delete);
+        self.apply(id, &change.removed_keys, &[]);
+        self.inner.lexical.commit(change.seq)?;
+        self.inner.vectors.write().set_applied_seq(change.seq);
+        self.inner.documents.fetch_sub(1, Ordering::Relaxed);
+        let n = change.removed_keys.len();
+        let _ = self
+            .inner
+            .chunks
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some(c.saturating_sub(n))
+            });
+        self.maybe_save(false);
+        Ok(true)
+    }
+
+    // ---------------------------------------------------------------- retrieval
+
+    pub async fn search(&self, q: SearchQuery) -> Result<Vec<Hit>> {
+        Ok(self
+            .retrieve(
+                &q.query,
+                q.top_k,
+                q.mode,
+                q.collection.as_deref(),
+                &q.filter,
+            )
+            .await?
+            .hits)
+    }
+
+    async fn retrieve(
+        &self,
+        query: &str,
+        top_k: usize,
+        mode: RetrievalMode,
+        collection: Option<&str>,
+        filter: &crate::types::Metadata,
+    ) -> Result<Retrieved> {
+        if query.trim().is_empty() {
+            return Err(RagError::InvalidInput("the query is empty".into()));
+        }
+        if top_k == 0 || top_k > MAX_TOP_K {
+            return Err(RagError::InvalidInput(format!(
+                "top_k must be between 1 and {MAX_TOP_K}, not {top_k}"
+            )));
+        }
+        let inner = &self.inner;
+        let candidates = inner.cfg.retrieval.candidates.max(top_k);
+        let started = Instant::now();
+        let mut embed_ms = 0.0;
+        let qvec = if mode != RetrievalMode::Lexical {
+            let t = Instant::now();
+            let v = self
+                .embed_texts(vec![query.to_string()])
+                .await?
+                .pop()
+                .ok_or_else(|| RagError::Model("no query embedding".into()))?;
+            embed_ms = ms(t);
+            Some(v)
+        } else {
+            None
+        };
+        let search_start = Instant::now();
+        let allowed: Option<HashSet<String>> = if filter.is_empty() {
+            None
+        } else {
+            Some(
+                inner
+                    .store
+                    .matching_documents(collection, filter)
+                    .await?
+                    .into_iter()
+                    .collect(),
+            )
+        };
+        let lexical = if mode != RetrievalMode::Vector {
+            inner
+                .lexical
+                .search(query, candidates, collection, allowed.as_ref())?
+        } else {
+            Vec::new()
+        };
+        let vector = match &qvec {
+            Some(qv) => {
+                let owners = inner.owners.read();
+                let keep = |key: u64| {
+                    owners.get(&key).is_some_and(|o| {
+                        collection.is_none_or(|c| &*o.collection == c)
+                            && allowed.as_ref().is_none_or(|a| a.contains(&*o.doc_id))
+                    })
+                };
+                let filtered = collection.is_some() || allowed.is_some();
+                let filter: Option<KeyFilter<'_>> = if filtered { Some(&keep) } else { None };
+                inner.vectors.read().search(qv, candidates, filter)
+            }
+            None => Vec::new(),
+        };
+        let ranked: Vec<(u64, f32)> = match mode {
+            RetrievalMode::Lexical => lexical.into_iter().take(top_k).collect(),
+            RetrievalMode::Vector => vector.into_iter().take(top_k).collect(),
+            RetrievalMode::Hybrid => rrf(&[&lexical, &vector], inner.cfg.retrieval.rrf_k, top_k),
+        };
+        let keys: Vec<u64> = ranked.iter().map(|r| r.0).collect();
+        let mut by_key: HashMap<u64, StoredChunk> = inner
+            .store
+            .chunks_by_keys(&keys)
+            .await?
+            .into_iter()
+            .map(|c| (c.key, c))
+            .collect();
+        let hits = ranked
+            .into_iter()
+            .filter_map(|(key, score)| {
+                by_key.remove(&key).map(|c| Hit {
+                    doc_id: c.doc_id,
+                    chunk_id: c.id,
+                    score,
+                    title: c.title,
+                    text: c.text,
+                    start: c.start,
+                    end: c.end,
+                    page: c.page,
+                })
+            })
+            .collect();
+        let search_ms = ms(search_start);
+        tracing::debug!(
+            ?mode,
+            total_ms = ms(started),
+            embed_ms,
+            search_ms,
+            "retrieved"
+        );
+        Ok(Retrieved {
+            hits,
+            embed_ms,
+            search_ms,
+        })
+    }
+
+    // ---------------------------------------------------------------- chat
+
+    /// Answers a message: retrieval, prompt, streamed generation. The stream
+    /// yields `Retrieval`, then `Token`s, then `Done` (or `Error`); the turns
+    /// and the run snapshot are stored before `Done`. Dropping the stream
+    /// cancels generation (nothing is stored).
+    pub async fn chat(&self, req: ChatRequest) -> Result<ChatStream> {
+        let started = Instant::now();
+        if req.message.trim().is_empty() {
+            return Err(RagError::InvalidInput("the message is empty".into()));
+        }
+        let inner = self.inner.clone();
+        let (gen_name, generator) = inner.generators.get(req.generator.as_deref())?;
+        let params = req
+            .params
+            .clone()
+            .unwrap_or_else(|| inner.cfg.generation.clone());
+        if params.max_tokens == 0 {
+            return Err(RagError::InvalidInput(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        let mode = req.mode.unwrap_or(inner.cfg.retrieval.mode);
+        let top_k = req.top_k.unwrap_or(inner.cfg.retrieval.top_k);
+        let (conversation_id, history) = match &req.conversation_id {
+            Some(id) if !id.trim().is_empty() => {
+                let n = inner.cfg.prompt.history_turns * 2;
+                (id.clone(), inner.store.recent_turns(id, n).await?)
+            }
+            _ => (uuid::Uuid::now_v7().to_string(), Vec::new()),
+        };
+        let retrieved = self
+            .retrieve(
+                &req.message,
+                top_k,
+                mode,
+                req.collection.as_deref(),
+                &req.filter,
+            )
+            .await?;
+        let prompt = build_prompt(
+            &inner.cfg.prompt,
+            generator.as_ref(),
+            &params,
+            &history,
+            &req.message,
+            &retrieved.hits,
+        );
+        let citations: Vec<Citation> = prompt
+            .source_hits
+            .iter()
+            .zip(&prompt.sources)
+            .map(|(&i, s)| {
+                let h = &retrieved.hits[i];
+                Citation {
+                    n: s.n,
+                    doc_id: h.doc_id.clone(),
+                    chunk_id: h.chunk_id.clone(),
+                    title: h.title.clone(),
+                    snippet: h.text.clone(),
+                    start: h.start,
+                    end: h.end,
+                    page: h.page,
+                    score: h.score,
+                }
+            })
+            .collect();
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let snapshot_base = RunSnapshot {
+            run_id: run_id.clone(),
+            time: now_rfc3339(),
+            config_hash: inner.config_hash.clone(),
+            embedder_id: inner.embedder.id(),
+            generator: gen_name,
+            generator_id: generator.id(),
+            retrieval: RunRetrieval {
+                mode,
+                top_k,
+                rrf_k: inner.cfg.retrieval.rrf_k,
+                candidates: inner.cfg.retrieval.candidates.max(top_k),
+                collection: req.collection.clone(),
+                filter: req.filter.clone(),
+            },
+            retrieved: retrieved
+                .hits
+                .iter()
+                .map(|h| RetrievedChunk {
+                    chunk_id: h.chunk_id.clone(),
+                    score: h.score,
+                })
+                .collect(),
+            prompt: prompt.messages.clone(),
+            question: req.message.clone(),
+            sources: prompt.sources.clone(),
+            params: params.clone(),
+            output: String::new(),
+            citations: Vec::new(),
+            usage: Usage {
+                prompt_tokens: prompt.prompt_tokens,
+                completion_tokens: 0,
+            },
+            timings: Timings {
+                embed_ms: retrieved.embed_ms,
+                search_ms: retrieved.search_ms,
+                first_token_ms: None,
+                total_ms: 0.0,
+            },
+            conversation_id: conversation_id.clone(),
+        };
+        let gen_req = GenerateRequest {
+            messages: prompt.messages,
+            question: req.message.clone(),
+            sources: prompt.sources,
+            params,
+        };
+        let user_turn = Turn {
+            role: Role::User,
+            content: req.message.clone(),
+            citations: Vec::new(),
+            run_id: None,
+            at: now_rfc3339(),
+        };
+        let stream = async_stream::stream! {
+            yield ChatEvent::Retrieval {
+                conversation_id: conversation_id.clone(),
+                run_id: run_id.clone(),
+                citations: citations.clone(),
+            };
+            let mut tokens = generator.generate(gen_req);
+            let mut answer = String::new();
+            let mut first_token_ms = None;
+            while let Some(delta) = tokens.next().await {
+                match delta {
+                    Ok(text) => {
+                        if text.is_empty() {
+                            continue;
+                        }
+                        if first_token_ms.is_none() {
+                            first_token_ms = Some(ms(started));
+                        }
+                        answer.push_str(&text);
+                        yield ChatEvent::Token { text };
+                    }
+                    Err(e) => {
+                        yield ChatEvent::Error { message: e.to_string() };
+                        return;
+                    }
+                }
+            }
+            let used = cited_numbers(&answer, citations.len());
+            let used_citations: Vec<Citation> = if used.is_empty() {
+                citations.clone()
+            } else {
+                used.iter().filter_map(|n| citations.get(n - 1).cloned()).collect()
+            };
+            let usage = Usage {
+                prompt_tokens: snapshot_base.usage.prompt_tokens,
+                completion_tokens: generator.count_tokens(&answer),
+            };
+            let timings = Timings {
+                embed_ms: snapshot_base.timings.embed_ms,
+                search_ms: snapshot_base.timings.search_ms,
+                first_token_ms,
+                total_ms: ms(started),
+            };
+            let snapshot = RunSnapshot {
+                output: answer.clone(),
+                citations: used_citations.clone(),
+                usage,
+                timings,
+                ..snapshot_base
+            };
+            let assistant_turn = Turn {
+                role: Role::Assistant,
+                content: answer.clone(),
+                citations: used_citations.clone(),
+                run_id: Some(run_id.clone()),
+                at: now_rfc3339(),
+            };
+            let title = truncate_chars(&user_turn.content, 80);
+            let stored = async {
+                inner.store.put_run(&snapshot).await?;
+                inner
+                    .store
+                    .append_turns(&conversation_id, &title, &[user_turn, assistant_turn])
+                    .await
+            }
+            .await;
+            match stored {
+                Ok(()) => yield ChatEvent::Done {
+                    conversation_id,
+                    run_id,
+                    answer,
+                    citations: used_citations,
+                    usage,
+                    timings,
+                },
+                Err(e) => yield ChatEvent::Error {
+                    message: format!("the answer could not be stored: {e}"),
+                },
+            }
+        };
+        Ok(stream.boxed())
+    }
+
+    /// Regenerates a stored run from its exact prompt and parameters with the
+    /// generator of the same name. With greedy decoding (and the same model)
+    /// the output is identical.
+    pub async fn replay(&self, run_id: &str) -> Result<Replay> {
+        let run = self
+            .inner
+            .store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| RagError::NotFound(format!("run {run_id}")))?;
+        let (_, generator) = self.inner.generators.get(Some(&run.generator))?;
+        let mut tokens = generator.generate(GenerateRequest {
+            messages: run.prompt.clone(),
+            question: run.question.clone(),
+            sources: run.sources.clone(),
+            params: run.params.clone(),
+        });
+        let mut output = String::new();
+        while let Some(delta) = tokens.next().await {
+            output.push_str(&delta?);
+        }
+        let generator_id = generator.id();
+        Ok(Replay {
+            run_id: run.run_id,
+            generator_changed: generator_id != run.generator_id,
+            generator_id,
+            identical: output == run.output,
+            original: run.output,
+            output,
+        })
+    }
+
+    // ---------------------------------------------------------------- conversations & runs
+
+    pub async fn list_conversations(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Page<ConversationInfo>> {
+        self.inner.store.list_conversations(offset, limit).await
+    }
+
+    pub async fn get_conversation(&self, id: &str) -> Result<Option<Conversation>> {
+        self.inner.store.get_conversation(id).await
+    }
+
+    pub async fn delete_conversation(&self, id: &str) -> Result<bool> {
+        self.inner.store.delete_conversation(id).await
+    }
+
+    pub async fn get_run(&self, id: &str) -> Result<Option<RunSnapshot>> {
+        self.inner.store.get_run(id).await
+    }
+
+    /// Cheap counters (no I/O).
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            documents: self.inner.documents.load(Ordering::Relaxed),
+            chunks: self.inner.chunks.load(Ordering::Relaxed),
+            vector_index_size: self.inner.vectors.read().len(),
+            lexical_index_size: self.inner.lexical.len(),
+            applied_seq: self.applied_seq(),
+        }
+    }
+}
+
+enum Prepared {
+    Unchanged(IngestOutcome),
+    New(DocumentRecord, Vec<Chunk>),
+}
+
+fn embed_text(title: &str, text: &str) -> String {
+    if title.is_empty() {
+        text.to_string()
+    } else {
+        format!("{title}\n{text}")
+    }
+}
+
+fn doc_info(r: DocumentRecord) -> DocumentInfo {
+    DocumentInfo {
+        id: r.id,
+        title: r.title,
+        collection: r.collection,
+        metadata: r.metadata,
+        source: r.source,
+        chunks: r.chunks,
+        chars: r.chars,
+        content_hash: r.content_hash,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    }
+}
+
+fn open_vector_index(dir: &Path, cfg: &IndexConfig, dim: usize) -> Result<Box<dyn VectorIndex>> {
+    Ok(match cfg.vector {
+        VectorIndexKind::Hnsw => Box::new(HnswIndex::open(
+            &dir.join("vectors.hnsw"),
+            dim,
+            HnswParams {
+                m: cfg.hnsw_m,
+                ef_construction: cfg.hnsw_ef_construction,
+                ef_search: cfg.hnsw_ef_search,
+            },
+        )?),
+        VectorIndexKind::Flat => Box::new(FlatIndex::open(&dir.join("vectors.flat"), dim)?),
+    })
+}
+
+/// Splits a document into chunks.
+// TEMPORARY until ingest::split lands: word windows sized with the
+// embedder's tokenizer.
+fn split(doc: &Document, sizer: &dyn Embedder, cfg: &crate::ingest::ChunkConfig) -> Vec<Chunk> {
+    let max_tokens = cfg.max_tokens.clamp(8, sizer.max_tokens().max(8));
+    let words: Vec<(usize, usize)> = {
+        // (start, end) char offsets of each whitespace-separated word.
+        let mut v = Vec::new();
+        let mut start = None;
+        let mut n = 0;
+        for (ci, c) in doc.text.chars().enumerate() {
+            n = ci + 1;
+            if c.is_whitespace() {
+                if let Some(s) = start.take() {
+                    v.push((s, ci));
+                }
+            } else if start.is_none() {
+                start = Some(ci);
+            }
+        }
+        if let Some(s) = start {
+            v.push((s, n));
+        }
+        v
+    };
+    let chars: Vec<char> = doc.text.chars().collect();
+    let slice = |a: usize, b: usize| chars[a..b].iter().collect::<String>();
+    let mut window = (max_tokens * 10 / 14).max(4);
+    let overlap = (cfg.overlap_tokens * 10 / 14).min(window / 2);
+    let mut chunks = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let mut j = (i + window).min(words.len());
+        // Shrink until it fits the token budget.
+        while j > i + 1 && sizer.count_tokens(&slice(words[i].0, words[j - 1].1)) > max_tokens {
+            j -= (j - i) / 8 + 1;
+            window = window.min(j - i).max(1);
+        }
+        let (start, end) = (words[i].0, words[j - 1].1);
+        let ordinal = chunks.len() as u32;
+        chunks.push(Chunk {
+            id: format!("{}#{ordinal}", doc.id),
+            doc_id: doc.id.clone(),
+            ordinal,
+            collection: doc.collection.clone(),
+            title: doc.title.clone(),
+            text: slice(start, end),
+            start,
+            end,
+            page: doc
+                .pages
+                .iter()
+                .rev()
+                .find(|(off, _)| *off <= start)
+                .map(|(_, p)| *p),
+        });
+        if j >= words.len() {
+            break;
+        }
+        i = (j - overlap.min(j - i - 1)).max(i + 1);
+    }
+    chunks
+}
