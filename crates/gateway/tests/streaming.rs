@@ -113,7 +113,8 @@ async fn ws_echo_server(closed: Arc<AtomicBool>) -> std::net::SocketAddr {
                             break;
                         }
                         Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(msg).await.is_err() {
+                            let sent = ws.send(msg).await;
+                            if sent.is_err() {
                                 break;
                             }
                         }
@@ -213,12 +214,7 @@ async fn websocket_idle_tunnel_is_closed() {
     assert!(ws.next().await.unwrap().is_ok());
     // Silence: the gateway cuts both sides.
     let end = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(_)) => {}
-                _ => break,
-            }
-        }
+        while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
     assert!(end.is_ok(), "idle tunnel never closed");
