@@ -1,1 +1,19 @@
-//! ragfleet-models: model runtimes (local candle models, OpenAI-compatible clients).
+//! ragfleet-models: model runtimes behind the engine's traits
+//! ([`ragfleet_rag::embed::Embedder`], [`ragfleet_rag::generate::Generator`]).
+//!
+//! - [`BertEmbedder`]: local sentence embeddings (all-MiniLM-L6-v2) with candle.
+//! - [`LocalLlama`]: local chat generation from a llama GGUF file (SmolLM2).
+//! - [`OpenAiGenerator`], [`OpenAiEmbedder`]: OpenAI-compatible servers.
+
+pub mod bert;
+pub mod gguf_tokenizer;
+pub mod llama;
+pub mod openai;
+pub mod text_stream;
+mod util;
+
+pub use bert::{BertEmbedder, BertOptions};
+pub use llama::{LocalLlama, LocalLlamaOptions, WeightFormat};
+pub use openai::{OpenAiConfig, OpenAiEmbedder, OpenAiEmbedderConfig, OpenAiGenerator};
+pub mod config;
+pub use config::{load_embedder, load_local_generator, EmbedderConfig, GeneratorConfig};

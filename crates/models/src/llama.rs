@@ -1,0 +1,464 @@
+//! Local generation with a llama-architecture GGUF model (SmolLM2-135M-Instruct)
+//! through candle's quantized llama, on the CPU.
+//!
+//! - Tokenizer and chat template come from the GGUF file itself
+//!   ([`crate::gguf_tokenizer`]); the template is rendered with minijinja.
+//! - Weights are optionally re-quantised at load ([`WeightFormat`]) into a
+//!   layout candle has faster kernels for.
+//! - Concurrency: the weights are loaded once and shared read-only (candle
+//!   tensors are reference-counted); each generation clones the model handle,
+//!   which gives it its own KV cache. At most
+//!   [`LocalLlamaOptions::max_concurrent`] generations run at once (candle's
+//!   matmuls already use every core); the others wait their turn.
+//! - Each generation runs on its own OS thread and sends text deltas through a
+//!   bounded channel; dropping the stream closes the channel, which the
+//!   thread notices before the next token and stops.
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use candle_core::quantized::gguf_file::{self, Content};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use ragfleet_rag::generate::{ChatMessage, GenParams, GenerateRequest, Generator, Role};
+use ragfleet_rag::{RagError, Result};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::gguf_tokenizer::GgufTokenizer;
+use crate::text_stream::{StopMatcher, Utf8Stream};
+use crate::util::{file_sha256, model_err, read_file};
+
+/// How the weights are held in memory for inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightFormat {
+    /// As stored in the file (SmolLM2: Q4_1, whose CPU kernel is scalar).
+    AsFile,
+    /// Re-quantised to Q8_0 at load.
+    #[default]
+    Q8_0,
+    /// Re-quantised to Q4_0 at load.
+    Q4_0,
+    /// Dequantised to f32 (dense matmuls through gemm).
+    F32,
+}
+
+/// Options of [`LocalLlama`].
+#[derive(Debug, Clone)]
+pub struct LocalLlamaOptions {
+    pub weights: WeightFormat,
+    /// Generations running at once; further requests wait. Default 1: one
+    /// generation already keeps every core busy.
+    pub max_concurrent: usize,
+    /// Cap on the context window (prompt + answer); default: the model's,
+    /// at most candle's 4096-position rotary table.
+    pub context_tokens: Option<usize>,
+}
+
+impl Default for LocalLlamaOptions {
+    fn default() -> Self {
+        Self {
+            weights: WeightFormat::default(),
+            max_concurrent: 1,
+            context_tokens: None,
+        }
+    }
+}
+
+/// A local GGUF chat model implementing [`Generator`].
+#[derive(Clone)]
+pub struct LocalLlama {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The loaded weights with an empty KV cache; cloned per generation.
+    model: ModelWeights,
+    tok: GgufTokenizer,
+    template: minijinja::Environment<'static>,
+    /// Token ids that end the answer (EOS, `<|im_end|>`, `<|endoftext|>`).
+    stop_ids: Vec<u32>,
+    context: usize,
+    id: String,
+    path: PathBuf,
+    slots: Slots,
+    /// Generation threads alive (waiting for a slot or running).
+    active: AtomicUsize,
+    /// Tokens sampled since load, all generations together.
+    tokens: AtomicU64,
+}
+
+/// A counting semaphore for blocking threads.
+struct Slots {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+struct SlotGuard<'a>(&'a Slots);
+
+impl Slots {
+    fn acquire(&self) -> SlotGuard<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.cv.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        SlotGuard(self)
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        let mut free = self.0.free.lock().unwrap_or_else(|p| p.into_inner());
+        *free += 1;
+        self.0.cv.notify_one();
+    }
+}
+
+const FALLBACK_CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+#[derive(Serialize)]
+struct TemplateMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+    }
+}
+
+impl LocalLlama {
+    /// Load a GGUF file (llama architecture, byte-level BPE tokenizer).
+    pub fn load(path: impl AsRef<Path>, opts: LocalLlamaOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = read_file(path)?;
+        let hash = file_sha256(&bytes);
+        let mut cursor = std::io::Cursor::new(&bytes);
+        let ct = Content::read(&mut cursor)
+            .map_err(|e| model_err(path, format!("not a GGUF file: {e}")))?;
+        let arch = ct
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        if arch != "llama" {
+            return Err(model_err(
+                path,
+                format!("architecture {arch:?} is not supported (llama only)"),
+            ));
+        }
+        let tok = GgufTokenizer::from_gguf(&ct, path)?;
+        let device = Device::Cpu;
+        let model = match opts.weights {
+            WeightFormat::AsFile => ModelWeights::from_gguf(ct, &mut cursor, &device),
+            other => requantize(&ct, &mut cursor, other, &device).and_then(|buf| {
+                let mut c = std::io::Cursor::new(buf);
+                let ct2 = Content::read(&mut c)?;
+                ModelWeights::from_gguf(ct2, &mut c, &device)
+            }),
+        }
+        .map_err(|e| model_err(path, format!("loading weights: {e}")))?;
+
+        let model_ctx = {
+            let mut c = std::io::Cursor::new(&bytes);
+            Content::read(&mut c)
+                .ok()
+                .and_then(|ct| {
+                    ct.metadata
+                        .get("llama.context_length")
+                        .and_then(|v| v.to_u32().ok())
+                })
+                .map(|v| v as usize)
+                .unwrap_or(2048)
+        };
+        let context = opts
+            .context_tokens
+            .unwrap_or(model_ctx)
+            .min(model_ctx)
+            .min(MAX_SEQ_LEN);
+
+        let mut template = minijinja::Environment::new();
+        let source = tok
+            .chat_template
+            .clone()
+            .unwrap_or_else(|| FALLBACK_CHATML.to_string());
+        template
+            .add_template_owned("chat", source)
+            .map_err(|e| model_err(path, format!("tokenizer.chat_template: {e}")))?;
+
+        let mut stop_ids: Vec<u32> = tok.eos_id.into_iter().collect();
+        for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>"] {
+            if let Some(id) = tok.special.get(name) {
+                if !stop_ids.contains(id) {
+                    stop_ids.push(*id);
+                }
+            }
+        }
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "gguf".to_string());
+        Ok(Self {
+            shared: Arc::new(Shared {
+                model,
+                tok,
+                template,
+                stop_ids,
+                context,
+                id: format!("local:{stem}@{}", &hash[..12]),
+                path: path.to_path_buf(),
+                slots: Slots {
+                    free: Mutex::new(opts.max_concurrent.max(1)),
+                    cv: Condvar::new(),
+                },
+                active: AtomicUsize::new(0),
+                tokens: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The prompt text the model sees for `messages` (the file's chat
+    /// template, with the assistant turn opened).
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        let msgs: Vec<TemplateMessage> = messages
+            .iter()
+            .map(|m| TemplateMessage {
+                role: role_name(m.role),
+                content: &m.content,
+            })
+            .collect();
+        let tmpl = self
+            .shared
+            .template
+            .get_template("chat")
+            .map_err(|e| RagError::Model(e.to_string()))?;
+        let tok = &self.shared.tok;
+        let name = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or_default();
+        tmpl.render(minijinja::context! {
+            messages => msgs,
+            add_generation_prompt => true,
+            bos_token => name(tok.bos_id),
+            eos_token => name(tok.eos_id),
+        })
+        .map_err(|e| {
+            RagError::Model(format!(
+                "{}: rendering tokenizer.chat_template: {e}",
+                self.shared.path.display()
+            ))
+        })
+    }
+
+    /// Token ids of `text` (control-token markup such as `<|im_start|>`
+    /// becomes its id; no BOS added).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.shared.tok.encode(text)
+    }
+
+    /// Generations in progress (running or waiting for a slot).
+    pub fn active_generations(&self) -> usize {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+
+    /// Tokens sampled since load, over all generations.
+    pub fn tokens_generated(&self) -> u64 {
+        self.shared.tokens.load(Ordering::SeqCst)
+    }
+
+    /// Ids that end generation.
+    pub fn stop_token_ids(&self) -> &[u32] {
+        &self.shared.stop_ids
+    }
+}
+
+/// Re-quantise every 2-D weight of a GGUF file to `format`, writing a new
+/// GGUF image in memory (candle's llama loader reads from a GGUF reader).
+fn requantize(
+    ct: &Content,
+    reader: &mut std::io::Cursor<&Vec<u8>>,
+    format: WeightFormat,
+    device: &Device,
+) -> candle_core::Result<Vec<u8>> {
+    let target = match format {
+        WeightFormat::Q8_0 => GgmlDType::Q8_0,
+        WeightFormat::Q4_0 => GgmlDType::Q4_0,
+        WeightFormat::F32 | WeightFormat::AsFile => GgmlDType::F32,
+    };
+    let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
+    for name in names {
+        let qt = ct.tensor(reader, name, device)?;
+        let dims = qt.shape().dims().to_vec();
+        let row = dims.last().copied().unwrap_or(0);
+        let convertible = dims.len() == 2 && row % target.block_size() == 0;
+        let qt = if convertible && qt.dtype() != target {
+            QTensor::quantize(&qt.dequantize(device)?, target)?
+        } else {
+            qt
+        };
+        tensors.push((name.clone(), qt));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> =
+        ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut out = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut out, &metadata, &tensor_refs)?;
+    Ok(out.into_inner())
+}
+
+/// What a generation thread sends.
+type Delta = Result<String>;
+
+impl Shared {
+    /// The whole generation; runs on its own thread. Returns when done, on
+    /// error (sent to the stream), or as soon as the receiver is gone.
+    fn run(&self, llama: &LocalLlama, req: GenerateRequest, tx: mpsc::Sender<Delta>) {
+        let _slot = self.slots.acquire();
+        if tx.is_closed() {
+            return;
+        }
+        if let Err(e) = self.run_inner(llama, &req, &tx) {
+            let _ = tx.blocking_send(Err(e));
+        }
+    }
+
+    fn run_inner(
+        &self,
+        llama: &LocalLlama,
+        req: &GenerateRequest,
+        tx: &mpsc::Sender<Delta>,
+    ) -> Result<()> {
+        let prompt = llama.render_chat(&req.messages)?;
+        let ids = self.tok.encode(&prompt)?;
+        if ids.is_empty() {
+            return Err(RagError::InvalidInput("empty prompt".into()));
+        }
+        if ids.len() >= self.context {
+            return Err(RagError::InvalidInput(format!(
+                "prompt has {} tokens; {} allows at most {}",
+                ids.len(),
+                self.id,
+                self.context - 1
+            )));
+        }
+        let params: &GenParams = &req.params;
+        let max_new = params.max_tokens.min(self.context - ids.len());
+        if max_new == 0 {
+            return Ok(());
+        }
+        let sampling = if params.temperature <= 0.0 {
+            Sampling::ArgMax
+        } else {
+            match params.top_p {
+                Some(p) if p > 0.0 && p < 1.0 => Sampling::TopP {
+                    p,
+                    temperature: params.temperature,
+                },
+                _ => Sampling::All {
+                    temperature: params.temperature,
+                },
+            }
+        };
+        let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling);
+        let mut model = self.model.clone();
+        let err = |e: candle_core::Error| RagError::Model(format!("{}: {e}", self.id));
+
+        let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(err)?;
+        let logits = model.forward(&input, 0).map_err(err)?;
+        let mut next = sample(&mut sampler, &logits).map_err(err)?;
+        self.tokens.fetch_add(1, Ordering::SeqCst);
+        let mut pos = ids.len();
+
+        let mut utf8 = Utf8Stream::default();
+        let mut stops = StopMatcher::new(&params.stop);
+        for produced in 1..=max_new {
+            if self.stop_ids.contains(&next) {
+                break;
+            }
+            let bytes = self
+                .tok
+                .token_bytes
+                .get(next as usize)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let text = stops.push(&utf8.push(bytes));
+            if !text.is_empty() && tx.blocking_send(Ok(text)).is_err() {
+                return Ok(()); // receiver dropped: cancelled
+            }
+            if stops.stopped() || tx.is_closed() {
+                return Ok(()); // stop string found (nothing to flush), or cancelled
+            }
+            if produced == max_new {
+                break;
+            }
+            let input = Tensor::new(&[next], &Device::Cpu)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(err)?;
+            let logits = model.forward(&input, pos).map_err(err)?;
+            pos += 1;
+            next = sample(&mut sampler, &logits).map_err(err)?;
+            self.tokens.fetch_add(1, Ordering::SeqCst);
+        }
+        let rest = stops.push(&utf8.finish()) + &stops.finish();
+        if !rest.is_empty() {
+            let _ = tx.blocking_send(Ok(rest));
+        }
+        Ok(())
+    }
+}
+
+fn sample(sampler: &mut LogitsProcessor, logits: &Tensor) -> candle_core::Result<u32> {
+    let logits = logits.squeeze(0)?;
+    sampler.sample(&logits)
+}
+
+impl Generator for LocalLlama {
+    fn id(&self) -> String {
+        self.shared.id.clone()
+    }
+
+    fn context_tokens(&self) -> usize {
+        self.shared.context
+    }
+
+    fn count_tokens(&self, text: &str) -> usize {
+        self.shared
+            .tok
+            .encode(text)
+            .map(|ids| ids.len())
+            .unwrap_or_else(|_| text.len() / 4 + 1)
+    }
+
+    fn generate(&self, req: GenerateRequest) -> BoxStream<'static, Result<String>> {
+        let (tx, rx) = mpsc::channel::<Delta>(32);
+        let me = self.clone();
+        self.shared.active.fetch_add(1, Ordering::SeqCst);
+        let spawned = std::thread::Builder::new()
+            .name("llama-generate".into())
+            .spawn(move || {
+                me.shared.run(&me, req, tx);
+                me.shared.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            self.shared.active.fetch_sub(1, Ordering::SeqCst);
+            return futures::stream::once(async move {
+                Err(RagError::Model(format!("starting generation thread: {e}")))
+            })
+            .boxed();
+        }
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) })
+            .boxed()
+    }
+}
