@@ -234,6 +234,14 @@ async fn proxy(
     let mut tried: Vec<Arc<crate::pool::Server>> = Vec::new();
     let mut last_error: Option<AttemptError> = None;
     let timeouts = &cfg.timeouts;
+    // A retryable response (e.g. 503) kept in case no other server can answer.
+    let mut last_response: Option<(Response<Incoming>, InflightGuard)> = None;
+    let total = (!timeouts.total.0.is_zero()).then_some(timeouts.total.0);
+    let finish = |mut res: Response<Incoming>, guard: InflightGuard| {
+        strip_hop_by_hop(res.headers_mut());
+        res.headers_mut().remove(header::UPGRADE);
+        res.map(|b| ProxyBody::Upstream(UpstreamBody::new(b, timeouts.body_idle.0, total, guard)))
+    };
     let headers_deadline = timeouts.connect.0 + timeouts.response_headers.0;
 
     for attempt in 0..tries {
@@ -288,7 +296,7 @@ async fn proxy(
                 && (idempotent(&method) || kind == FailKind::Connect)
         };
         let (kind, err) = match outcome {
-            Ok(Ok(mut res)) => {
+            Ok(Ok(res)) => {
                 let status = res.status().as_u16();
                 let fail = FailKind::from_status(status);
                 if let Some(kind) = fail {
@@ -297,6 +305,8 @@ async fn proxy(
                     }
                     if can_retry(kind) && pool.budget.try_withdraw() {
                         tracing::debug!(server = %server.addr(), status, "retrying on next server");
+                        last_error = None;
+                        last_response = Some((res, guard));
                         continue;
                     }
                 } else {
@@ -308,12 +318,7 @@ async fn proxy(
                         return tunnel(shared, res, client_up, guard, timeouts.websocket_idle.0);
                     }
                 }
-                strip_hop_by_hop(res.headers_mut());
-                res.headers_mut().remove(header::UPGRADE);
-                let total = (!timeouts.total.0.is_zero()).then_some(timeouts.total.0);
-                return res.map(|b| {
-                    ProxyBody::Upstream(UpstreamBody::new(b, timeouts.body_idle.0, total, guard))
-                });
+                return finish(res, guard);
             }
             Ok(Err(e)) => {
                 let msg = error_chain(&e);
@@ -335,11 +340,15 @@ async fn proxy(
         let retry = can_retry(kind) && pool.budget.try_withdraw();
         tracing::debug!(server = %server.addr(), ?kind, retry, "upstream attempt failed");
         last_error = Some(err);
+        last_response = None;
         if !retry {
             break;
         }
     }
 
+    if let Some((res, guard)) = last_response {
+        return finish(res, guard);
+    }
     match last_error {
         None => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
