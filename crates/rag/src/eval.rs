@@ -1,1 +1,0 @@
-//! Evaluation: retrieval (BEIR layout) and answer quality (SQuAD v1.1).
