@@ -28,10 +28,12 @@ for tool in wrk "$NGINX" "$HAPROXY"; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk nginx haproxy)" >&2; exit 1; }
 done
 
-echo "building ragfleet (release)..." >&2
-(cd "$root" && cargo build --release -q -p ragfleet -p ragfleet-gateway --example gateway_bench_tool)
-RAGFLEET="$CARGO_TARGET_DIR/release/ragfleet"
-TOOL="$CARGO_TARGET_DIR/release/examples/gateway_bench_tool"
+if [ -z "${SKIP_BUILD:-}" ]; then
+  echo "building ragfleet (release)..." >&2
+  (cd "$root" && cargo build --release -q -p ragfleet -p ragfleet-gateway --example gateway_bench_tool)
+fi
+RAGFLEET="${RAGFLEET_BIN:-$CARGO_TARGET_DIR/release/ragfleet}"
+TOOL="${BENCH_TOOL:-$CARGO_TARGET_DIR/release/examples/gateway_bench_tool}"
 
 tmp="$(mktemp -d /tmp/ragfleet-gw-bench.XXXXXX)"
 pids=()
@@ -142,7 +144,7 @@ pids+=($nginx_pid)
 cat > "$tmp/haproxy.cfg" <<CONF
 global
   nbthread $WORKERS
-  maxconn 20000
+  maxconn 6000
 defaults
   mode http
   timeout connect 5s

@@ -4,6 +4,7 @@
 //!   gateway_bench_tool sse-client ADDR N SECS      N concurrent streams; prints "events p50_ms p99_ms errors"
 //!   gateway_bench_tool ws-backend ADDR             WebSocket echo server
 //!   gateway_bench_tool ws-client ADDR N HOLD_SECS  opens N tunnels, echoes once on each, prints N, holds them open
+//!   gateway_bench_tool gateway [--config] CONFIG             the gateway library alone (profiling without the CLI)
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,6 +27,9 @@ fn now_ns() -> u128 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if arg_is(&args, "gateway") {
+        return run_gateway(args.last().cloned().unwrap_or_default());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -39,6 +43,36 @@ fn main() {
         "ws-client" => rt.block_on(ws_client(arg(2), num(3), num(4))),
         _ => eprintln!("usage: gateway_bench_tool sse-backend|sse-client|ws-backend|ws-client ..."),
     }
+}
+
+fn arg_is(args: &[String], s: &str) -> bool {
+    args.get(1).map(|a| a == s).unwrap_or(false)
+}
+
+fn run_gateway(path: String) {
+    let cfg = match ragfleet_gateway::Config::load(std::path::Path::new(&path)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let mut b = if cfg.listen.workers == 1 && std::env::var("RT").as_deref() == Ok("current") {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    b.enable_all();
+    if cfg.listen.workers > 1
+        || (cfg.listen.workers == 1 && std::env::var("RT").as_deref() != Ok("current"))
+    {
+        b.worker_threads(cfg.listen.workers);
+    }
+    let rt = b.build().expect("runtime");
+    rt.block_on(async move {
+        let gw = ragfleet_gateway::Gateway::bind(cfg).await.expect("bind");
+        let _ = gw.run_until(ragfleet_gateway::shutdown_signal()).await;
+    });
 }
 
 async fn sse_backend(addr: String) {
