@@ -278,3 +278,49 @@ async fn backup_serves_only_while_every_primary_is_down() {
     assert_eq!(k.hits(), k_before);
     assert_eq!(a2.hits(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_upstreams_with_weight_and_backup() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let k = Upstream::start("k").await;
+    let cfg = ragfleet_gateway::Config::from_flags(
+        Some("127.0.0.1:0".parse().unwrap()),
+        &[
+            a.addr.to_string(),
+            format!("{},weight=2", b.addr),
+            format!("{},backup", k.addr),
+        ],
+        Some("round_robin"),
+        None,
+    )
+    .unwrap();
+    let gw = TestGateway::start_cfg(cfg).await;
+    let mut seq = String::new();
+    for _ in 0..6 {
+        seq.push_str(&gw.get("/any/path").await.body);
+    }
+    assert_eq!(seq, "babbab");
+    assert_eq!(k.hits(), 0);
+    // --hash-key alone selects the hash policy; bad flags are errors naming the flag.
+    let cfg = ragfleet_gateway::Config::from_flags(
+        None,
+        &[a.addr.to_string()],
+        None,
+        Some("header:X-Conversation-Id"),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.pools["default"].policy,
+        ragfleet_gateway::config::Policy::Hash
+    );
+    let e =
+        ragfleet_gateway::Config::from_flags(None, &["127.0.0.1:1,weight=x".into()], None, None)
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("--upstream"), "{e}");
+    let e = ragfleet_gateway::Config::from_flags(None, &["nonsense".into()], None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("addr"), "{e}");
+}
