@@ -34,17 +34,25 @@ use crate::text_stream::{StopMatcher, Utf8Stream};
 use crate::util::{file_sha256, model_err, read_file};
 
 /// How the weights are held in memory for inference.
+///
+/// candle's quantized matmuls quantize their *input* activations to 8 bits
+/// per block of 32 values and, in a default build (no `-C target-cpu`), run
+/// scalar kernels; its dense f32 matmuls go through gemm, which picks
+/// AVX2/AVX-512 at run time. For SmolLM2-135M, f32 is both the only layout
+/// that keeps greedy answers intact everywhere and the fastest one measured
+/// (bench/models/llama_bench.sh), hence the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WeightFormat {
-    /// As stored in the file (SmolLM2: Q4_1, whose CPU kernel is scalar).
+    /// As stored in the file (SmolLM2: Q4_1). Degrades SmolLM2's answers badly.
     AsFile,
-    /// Re-quantised to Q8_0 at load.
-    #[default]
+    /// Q8_0 at load, except `ffn_down` kept f32 (its outlier-heavy input
+    /// breaks 8-bit activation quantization). Half the memory of f32.
     Q8_0,
-    /// Re-quantised to Q4_0 at load.
+    /// Q4_0 at load, `ffn_down` kept f32 like Q8_0.
     Q4_0,
-    /// Dequantised to f32 (dense matmuls through gemm).
+    /// Dequantised to f32: dense matmuls through gemm.
+    #[default]
     F32,
 }
 
@@ -300,6 +308,14 @@ fn requantize(
         let qt = ct.tensor(reader, name, device)?;
         let dims = qt.shape().dims().to_vec();
         let row = dims.last().copied().unwrap_or(0);
+        // ffn_down's input (silu(gate) * up) has large outliers; candle's
+        // quantized matmuls quantize their input to 8 bits per block of 32,
+        // which wrecks SmolLM2's answers. That one weight stays dense f32.
+        let target = if name.contains("ffn_down") {
+            GgmlDType::F32
+        } else {
+            target
+        };
         let convertible = dims.len() == 2 && row % target.block_size() == 0;
         let qt = if convertible && qt.dtype() != target {
             QTensor::quantize(&qt.dequantize(device)?, target)?
@@ -379,11 +395,10 @@ impl Shared {
         let logits = model.forward(&input, 0).map_err(err)?;
         let mut next = sample(&mut sampler, &logits).map_err(err)?;
         self.tokens.fetch_add(1, Ordering::SeqCst);
-        let mut pos = ids.len();
 
         let mut utf8 = Utf8Stream::default();
         let mut stops = StopMatcher::new(&params.stop);
-        for produced in 1..=max_new {
+        for (pos, produced) in (ids.len()..).zip(1..=max_new) {
             if self.stop_ids.contains(&next) {
                 break;
             }
@@ -407,7 +422,6 @@ impl Shared {
                 .and_then(|t| t.unsqueeze(0))
                 .map_err(err)?;
             let logits = model.forward(&input, pos).map_err(err)?;
-            pos += 1;
             next = sample(&mut sampler, &logits).map_err(err)?;
             self.tokens.fetch_add(1, Ordering::SeqCst);
         }

@@ -265,12 +265,14 @@ async fn step(state: State) -> Option<(Result<String>, State)> {
                 let send = gen.client.post(&url).json(&gen.body(&req)).send();
                 let timeout = Duration::from_millis(gen.cfg.request_timeout_ms);
                 let resp = match tokio::time::timeout(timeout, send).await {
-                    Err(_) => return Some((
-                        Err(RagError::Upstream(format!(
+                    Err(_) => {
+                        return Some((
+                            Err(RagError::Upstream(format!(
                             "OpenAI-compatible server at {url} sent no response within {timeout:?}"
                         ))),
-                        State::Finished,
-                    )),
+                            State::Finished,
+                        ))
+                    }
                     Ok(Err(e)) => return Some((Err(unreachable(&url, &e)), State::Finished)),
                     Ok(Ok(r)) => r,
                 };
