@@ -19,6 +19,8 @@ pub struct NodeConfig {
     pub models_dir: PathBuf,
     /// The generator used when a request names none.
     pub generator: GeneratorKind,
+    /// The embedding model (`kind = "local"` BERT directory, or `"openai"`).
+    pub embedder: ragfleet_models::EmbedderConfig,
     /// The local GGUF model (`local` generator).
     pub local: LocalConfig,
     /// An OpenAI-compatible server (`openai` generator).
@@ -26,11 +28,13 @@ pub struct NodeConfig {
     /// Chunking of ingested documents.
     pub chunk: ragfleet_rag::ingest::ChunkConfig,
     /// Retrieval defaults for search and chat.
-    pub retrieval: ragfleet_rag::engine::RetrievalConfig,
+    pub retrieval: ragfleet_rag::RetrievalConfig,
     /// Prompt assembly (context budget, history turns, system prompt).
-    pub prompt: ragfleet_rag::engine::PromptConfig,
+    pub prompt: ragfleet_rag::PromptConfig,
     /// Default sampling parameters of chat answers.
     pub generation: ragfleet_rag::generate::GenParams,
+    /// Vector index settings.
+    pub index: ragfleet_rag::config::IndexConfig,
     /// Request limits and admission control.
     pub limits: Limits,
     /// Graceful shutdown.
@@ -39,18 +43,20 @@ pub struct NodeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        let engine = ragfleet_rag::engine::EngineConfig::default();
+        let engine = ragfleet_rag::EngineConfig::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("data"),
             models_dir: PathBuf::from("models"),
             generator: GeneratorKind::Extractive,
+            embedder: ragfleet_models::EmbedderConfig::default(),
             local: LocalConfig::default(),
             openai: OpenAiConfig::default(),
             chunk: engine.chunk,
             retrieval: engine.retrieval,
             prompt: engine.prompt,
             generation: engine.generation,
+            index: engine.index,
             limits: Limits::default(),
             shutdown: ShutdownConfig::default(),
         }
@@ -101,14 +107,27 @@ impl FromStr for GeneratorKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LocalConfig {
+    /// Offer the `local` generator when the GGUF file exists (it is always
+    /// loaded when it is the default generator). `false` skips loading it.
+    pub enabled: bool,
     /// GGUF file, relative to `models_dir` unless absolute.
     pub gguf: PathBuf,
+    /// How the weights are held in memory: `q8_0` (default), `q4_0`, `as_file`, `f32`.
+    pub weights: ragfleet_models::WeightFormat,
+    /// Generations the model runs at once (more wait inside the model).
+    pub max_concurrent: usize,
+    /// Cap on the context window (prompt + answer); default: the model's.
+    pub context_tokens: Option<usize>,
 }
 
 impl Default for LocalConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             gguf: PathBuf::from("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            weights: ragfleet_models::WeightFormat::default(),
+            max_concurrent: 1,
+            context_tokens: None,
         }
     }
 }
@@ -123,6 +142,10 @@ pub struct OpenAiConfig {
     pub model: String,
     /// Name of the environment variable holding the API key (never the key itself).
     pub api_key_env: String,
+    /// Context window of the remote model in tokens.
+    pub context_tokens: usize,
+    /// Time allowed until the response headers arrive.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for OpenAiConfig {
@@ -131,6 +154,8 @@ impl Default for OpenAiConfig {
             base_url: String::new(),
             model: "gpt-4o-mini".into(),
             api_key_env: "OPENAI_API_KEY".into(),
+            context_tokens: 8192,
+            request_timeout_ms: 60_000,
         }
     }
 }
@@ -278,14 +303,33 @@ impl NodeConfig {
     }
 
     /// The engine's part of the configuration.
-    pub fn engine_config(&self) -> ragfleet_rag::engine::EngineConfig {
-        ragfleet_rag::engine::EngineConfig {
+    #[allow(clippy::needless_update)] // the engine may add sections with defaults
+    pub fn engine_config(&self) -> ragfleet_rag::EngineConfig {
+        ragfleet_rag::EngineConfig {
             data_dir: self.data_dir.clone(),
             chunk: self.chunk.clone(),
             retrieval: self.retrieval.clone(),
             prompt: self.prompt.clone(),
             generation: self.generation.clone(),
+            index: self.index.clone(),
+            ..Default::default()
         }
+    }
+
+    /// The `openai` generator's client settings, the key read from the
+    /// environment variable named by `openai.api_key_env`.
+    pub fn openai_client_config(&self) -> Result<ragfleet_models::OpenAiConfig, ConfigError> {
+        let key = std::env::var(&self.openai.api_key_env)
+            .ok()
+            .filter(|k| !k.is_empty());
+        let v = serde_json::json!({
+            "base_url": self.openai.base_url,
+            "model": self.openai.model,
+            "api_key": key,
+            "context_tokens": self.openai.context_tokens,
+            "request_timeout_ms": self.openai.request_timeout_ms,
+        });
+        serde_json::from_value(v).map_err(|e| ConfigError::Invalid(format!("openai: {e}")))
     }
 }
 

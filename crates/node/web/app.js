@@ -221,15 +221,6 @@ function showPassage(c) {
   if (c.score != null) where.push(`score ${Number(c.score).toFixed(3)}`);
   $("passage-meta").textContent = where.join(" · ");
   $("passage-text").textContent = c.snippet;
-  // Fetch the whole chunk when the node can give it (the snippet may be cut).
-  fetch(api("/chunks/" + encodeURIComponent(c.chunk_id)))
-    .then((r) => (r.ok ? r.json() : null))
-    .then((chunk) => {
-      if (chunk && chunk.text && $("passage-title").textContent.startsWith(`[${c.n}]`)) {
-        $("passage-text").textContent = chunk.text;
-      }
-    })
-    .catch(() => {});
 }
 
 // ---------------------------------------------------------------- SSE over fetch

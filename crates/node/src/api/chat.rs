@@ -1,0 +1,196 @@
+//! `POST /api/v1/chat`: a cited answer as JSON, or streamed as Server-Sent
+//! Events (`retrieval`, `token`…, then `done` or `error`).
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use ragfleet_rag::{ChatEvent, ChatRequest};
+
+use super::types::*;
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::state::SharedState;
+
+/// The SSE `event:` name of an event (= its `type`).
+pub fn event_name(ev: &ChatEvent) -> &'static str {
+    match ev {
+        ChatEvent::Retrieval { .. } => "retrieval",
+        ChatEvent::Token { .. } => "token",
+        ChatEvent::Done { .. } => "done",
+        ChatEvent::Error { .. } => "error",
+    }
+}
+
+/// Records the outcome of a chat when its stream ends, however it ends.
+struct Outcome {
+    generator: String,
+    finished: bool,
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if !self.finished {
+            tracing::info!(generator = %self.generator, "chat stream dropped before the end: generation cancelled");
+            crate::metrics::record_chat_outcome(&self.generator, "cancelled");
+        }
+    }
+}
+
+/// Admit a chat (bounded queue), start it, and return its events. The
+/// stream holds the generation slot; dropping it (a client that went away)
+/// drops the engine's stream, which stops generation.
+pub async fn start(
+    state: &SharedState,
+    req: ChatRequest,
+) -> ApiResult<BoxStream<'static, ChatEvent>> {
+    let engine = state.engine()?.clone();
+    let generator = req
+        .generator
+        .clone()
+        .unwrap_or_else(|| state.config.generator.name().to_string());
+    if !engine.generator_names().iter().any(|g| *g == generator) {
+        return Err(ApiError::invalid(format!(
+            "unknown generator {generator:?} (this node has: {})",
+            engine.generator_names().join(", ")
+        )));
+    }
+    let permit = state.gate.acquire().await?;
+    let mut inner = engine.chat(req).await?;
+    let guard = state.stream_guard();
+    let s = async_stream::stream! {
+        let _permit = permit;
+        let _guard = guard;
+        let mut outcome = Outcome { generator, finished: false };
+        while let Some(ev) = inner.next().await {
+            let end = match &ev {
+                ChatEvent::Done { usage, timings, .. } => {
+                    crate::metrics::record_done(&outcome.generator, usage, timings);
+                    true
+                }
+                ChatEvent::Error { message } => {
+                    tracing::warn!(generator = %outcome.generator, %message, "chat ended with an error");
+                    crate::metrics::record_chat_outcome(&outcome.generator, "error");
+                    true
+                }
+                _ => false,
+            };
+            if end {
+                outcome.finished = true;
+            }
+            yield ev;
+            if end {
+                break;
+            }
+        }
+        if !outcome.finished {
+            outcome.finished = true;
+            crate::metrics::record_chat_outcome(&outcome.generator, "error");
+            yield ChatEvent::Error { message: "the answer stream ended unexpectedly".into() };
+        }
+    };
+    Ok(s.boxed())
+}
+
+fn wants_stream(body_stream: Option<bool>, headers: &HeaderMap) -> bool {
+    body_stream.unwrap_or_else(|| {
+        headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/event-stream"))
+    })
+}
+
+/// Ask a question; the answer cites numbered passages.
+///
+/// With `stream: true` (or `Accept: text/event-stream`) the answer streams
+/// as Server-Sent Events whose `event:` is the `type` of the JSON `data:`:
+/// `retrieval` (conversation_id, run_id, citations — always first), `token`
+/// (`text` delta), then `done` (answer, the citations it used, usage,
+/// timings) or `error` (`message`).
+#[utoipa::path(post, path = "/api/v1/chat", tag = "chat",
+    request_body = ChatBody,
+    responses(
+        (status = 200, description = "JSON answer, or an SSE stream", body = ChatResponse,
+            content_type = "application/json"),
+        (status = 400, body = crate::error::ErrorBody), (status = 415, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody),
+        (status = 502, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
+pub async fn chat(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ChatBody>,
+) -> ApiResult<Response> {
+    let stream = wants_stream(body.stream, &headers);
+    let req = body.into_request(&state.config.limits, &state.engine()?.config().generation)?;
+    let events = start(&state, req).await?;
+    if stream {
+        Ok(sse_response(events))
+    } else {
+        Ok(ApiJson(collect(events).await?).into_response())
+    }
+}
+
+/// Events as an SSE response: `id:` is the event's index in the answer.
+pub fn sse_response(events: BoxStream<'static, ChatEvent>) -> Response {
+    let body = events.enumerate().map(|(i, ev)| {
+        let e = Event::default().event(event_name(&ev)).id(i.to_string());
+        let e = match e.json_data(&ev) {
+            Ok(e) => e,
+            Err(err) => Event::default().event("error").data(format!(
+                "{{\"type\":\"error\",\"message\":\"cannot encode event: {err}\"}}"
+            )),
+        };
+        Ok::<_, Infallible>(e)
+    });
+    let mut resp = Sse::new(body)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    // Ask proxies (nginx and friends) not to buffer the stream.
+    resp.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Run a chat to its end and return the whole answer.
+pub async fn collect(mut events: BoxStream<'static, ChatEvent>) -> ApiResult<ChatResponse> {
+    while let Some(ev) = events.next().await {
+        match ev {
+            ChatEvent::Done {
+                conversation_id,
+                run_id,
+                answer,
+                citations,
+                usage,
+                timings,
+            } => {
+                return Ok(ChatResponse {
+                    conversation_id,
+                    run_id,
+                    answer,
+                    citations: citations.into_iter().map(CitationSchema::from).collect(),
+                    usage,
+                    timings,
+                })
+            }
+            ChatEvent::Error { message } => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "generation_failed",
+                    message,
+                ))
+            }
+            _ => {}
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "generation_failed",
+        "the answer stream ended without an answer",
+    ))
+}

@@ -1,0 +1,10 @@
+//! HTTP handlers, one module per resource.
+pub mod chat;
+pub mod conversations;
+pub mod documents;
+pub mod openai;
+pub mod openapi;
+pub mod ops;
+pub mod search;
+pub mod types;
+pub mod ws;
