@@ -42,7 +42,7 @@ pub struct BertOptions {
 impl Default for BertOptions {
     fn default() -> Self {
         Self {
-            batch_size: 32,
+            batch_size: 16,
             threads: 0,
             max_tokens: None,
         }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Local generation speed of SmolLM2-135M-Instruct: time to first token and
+# decode tokens/s for each weight layout, side by side in one run.
+# Usage: bench/models/llama_bench.sh [FORMATS] [TOKENS] [RUNS]
+#   FORMATS default "f32,q8_0,q4_0,as_file"; BENCH_PROFILE=dev|release (default release).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+models="${RAGFLEET_MODELS:-$root/models}"
+profile="${BENCH_PROFILE:-release}"
+cd "$root"
+cargo build -q --profile "$profile" -p ragfleet-models --example llama_bench
+dir="$([ "$profile" = dev ] && echo debug || echo "$profile")"
+exe="${CARGO_TARGET_DIR:-$root/target}/$dir/examples/llama_bench"
+echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+"$exe" "$models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "${1:-f32,q8_0,q4_0,as_file}" "${2:-128}" "${3:-3}"
