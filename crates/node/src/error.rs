@@ -176,6 +176,10 @@ impl From<ragfleet_rag::RagError> for ApiError {
         use ragfleet_rag::RagError as E;
         match err {
             E::InvalidInput(m) => Self::invalid(m),
+            // The loaders report an unknown format as a load error naming the file.
+            E::Load { ref reason, .. } if reason.starts_with("unsupported format") => {
+                Self::unsupported_media(err.to_string())
+            }
             E::Load { .. } => Self::invalid(err.to_string()),
             E::Unsupported(m) => Self::unsupported_media(format!("unsupported format: {m}")),
             E::NotFound(m) => Self::not_found(format!("not found: {m}")),
