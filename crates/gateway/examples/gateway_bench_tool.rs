@@ -57,14 +57,14 @@ fn run_gateway(path: String) {
             std::process::exit(2);
         }
     };
-    let mut b = if cfg.listen.workers == 1 && std::env::var("RT").as_deref() == Ok("current") {
+    let mut b = if cfg.listen.workers == 1 && std::env::var("RT").as_deref() != Ok("multi") {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
     b.enable_all();
     if cfg.listen.workers > 1
-        || (cfg.listen.workers == 1 && std::env::var("RT").as_deref() != Ok("current"))
+        || (cfg.listen.workers == 1 && std::env::var("RT").as_deref() == Ok("multi"))
     {
         b.worker_threads(cfg.listen.workers);
     }
