@@ -283,7 +283,9 @@ impl Engine {
     pub async fn catch_up(&self) -> Result<u64> {
         let _w = self.inner.write.lock().await;
         let inner = &self.inner;
-        let mut from = self.applied_seq();
+        let lexical_seq = inner.lexical.applied_seq();
+        let vector_seq = inner.vectors.read().applied_seq();
+        let mut from = lexical_seq.min(vector_seq);
         loop {
             let changes = inner.store.changes_since(from, 1000).await?;
             let Some(last) = changes.last().map(|c| c.seq) else {
@@ -291,15 +293,23 @@ impl Engine {
             };
             // Collapse per document: every removed key goes, then the
             // document's current chunks (if it still exists) are added.
-            let mut docs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+            // Each index only gets the changes it has not applied (re-applying
+            // to tantivy would be harmless but shifts BM25 statistics).
+            let mut docs: BTreeMap<String, (Vec<u64>, u64)> = BTreeMap::new();
             for c in &changes {
-                docs.entry(c.doc_id.clone())
-                    .or_default()
-                    .extend(&c.removed_keys);
+                let e = docs.entry(c.doc_id.clone()).or_default();
+                e.0.extend(&c.removed_keys);
+                e.1 = e.1.max(c.seq);
             }
-            for (doc_id, removed) in docs {
+            for (doc_id, (removed, seq)) in docs {
                 let current = inner.store.document_chunks(&doc_id).await?;
-                self.apply(&doc_id, &removed, &current);
+                self.apply_to(
+                    &doc_id,
+                    &removed,
+                    &current,
+                    seq > lexical_seq,
+                    seq > vector_seq,
+                );
             }
             inner.lexical.commit(last)?;
             inner.vectors.write().set_applied_seq(last);
@@ -313,33 +323,23 @@ impl Engine {
     /// Applies one document's change to both indexes and the owner map
     /// (lexical changes become visible at the next commit).
     fn apply(&self, doc_id: &str, removed: &[u64], current: &[StoredChunk]) {
+        self.apply_to(doc_id, removed, current, true, true)
+    }
+
+    fn apply_to(
+        &self,
+        doc_id: &str,
+        removed: &[u64],
+        current: &[StoredChunk],
+        lexical: bool,
+        vector: bool,
+    ) {
         let inner = &self.inner;
-        inner.lexical.delete_document(doc_id);
-        let lex: Vec<LexicalDoc<'_>> = current
-            .iter()
-            .map(|c| LexicalDoc {
-                key: c.key,
-                doc_id: &c.doc_id,
-                collection: &c.collection,
-                title: &c.title,
-                text: &c.text,
-            })
-            .collect();
-        if let Err(e) = inner.lexical.add(&lex) {
-            tracing::error!(error = %e, doc_id, "lexical index add failed");
+        if lexical {
+            self.apply_lexical(doc_id, current);
         }
-        let mut all_removed: Vec<u64> = removed.to_vec();
-        all_removed.extend(current.iter().map(|c| c.key));
-        let items: Vec<(u64, Vec<f32>)> = current
-            .iter()
-            .filter_map(|c| c.embedding.clone().map(|e| (c.key, e)))
-            .collect();
-        {
-            let mut v = inner.vectors.write();
-            v.remove(&all_removed);
-            if let Err(e) = v.add(&items) {
-                tracing::error!(error = %e, doc_id, "vector index add failed");
-            }
+        if vector {
+            self.apply_vector(doc_id, removed, current);
         }
         {
             let mut owners = inner.owners.write();
@@ -359,6 +359,41 @@ impl Engine {
         inner
             .unsaved
             .fetch_add(removed.len() + current.len(), Ordering::Relaxed);
+    }
+
+    fn apply_lexical(&self, doc_id: &str, current: &[StoredChunk]) {
+        let inner = &self.inner;
+        inner.lexical.delete_document(doc_id);
+        let lex: Vec<LexicalDoc<'_>> = current
+            .iter()
+            .map(|c| LexicalDoc {
+                key: c.key,
+                doc_id: &c.doc_id,
+                collection: &c.collection,
+                title: &c.title,
+                text: &c.text,
+            })
+            .collect();
+        if let Err(e) = inner.lexical.add(&lex) {
+            tracing::error!(error = %e, doc_id, "lexical index add failed");
+        }
+    }
+
+    fn apply_vector(&self, doc_id: &str, removed: &[u64], current: &[StoredChunk]) {
+        let inner = &self.inner;
+        let mut all_removed: Vec<u64> = removed.to_vec();
+        all_removed.extend(current.iter().map(|c| c.key));
+        let items: Vec<(u64, Vec<f32>)> = current
+            .iter()
+            .filter_map(|c| c.embedding.clone().map(|e| (c.key, e)))
+            .collect();
+        {
+            let mut v = inner.vectors.write();
+            v.remove(&all_removed);
+            if let Err(e) = v.add(&items) {
+                tracing::error!(error = %e, doc_id, "vector index add failed");
+            }
+        }
     }
 
     /// Saves the vector index when enough changes accumulated (or `force`).
@@ -679,6 +714,35 @@ impl Engine {
                 q.mode,
                 q.collection.as_deref(),
                 &q.filter,
+                None,
+            )
+            .await?
+            .hits)
+    }
+
+    /// [`Engine::search`] with the query's embedding given (computed
+    /// elsewhere, e.g. by a benchmark that leaves the embedding out); it must
+    /// come from the engine's embedder model.
+    pub async fn search_embedded(
+        &self,
+        q: SearchQuery,
+        query_vector: Vec<f32>,
+    ) -> Result<Vec<Hit>> {
+        if query_vector.len() != self.inner.embedder.dim() {
+            return Err(RagError::InvalidInput(format!(
+                "query vector has dimension {}, the embedder {}",
+                query_vector.len(),
+                self.inner.embedder.dim()
+            )));
+        }
+        Ok(self
+            .retrieve(
+                &q.query,
+                q.top_k,
+                q.mode,
+                q.collection.as_deref(),
+                &q.filter,
+                Some(query_vector),
             )
             .await?
             .hits)
@@ -691,6 +755,7 @@ impl Engine {
         mode: RetrievalMode,
         collection: Option<&str>,
         filter: &crate::types::Metadata,
+        query_vector: Option<Vec<f32>>,
     ) -> Result<Retrieved> {
         if query.trim().is_empty() {
             return Err(RagError::InvalidInput("the query is empty".into()));
@@ -704,7 +769,11 @@ impl Engine {
         let candidates = inner.cfg.retrieval.candidates.max(top_k);
         let started = Instant::now();
         let mut embed_ms = 0.0;
-        let qvec = if mode != RetrievalMode::Lexical {
+        let qvec = if mode == RetrievalMode::Lexical {
+            None
+        } else if let Some(v) = query_vector {
+            Some(v)
+        } else {
             let t = Instant::now();
             let v = self
                 .embed_texts(vec![query.to_string()])
@@ -713,8 +782,6 @@ impl Engine {
                 .ok_or_else(|| RagError::Model("no query embedding".into()))?;
             embed_ms = ms(t);
             Some(v)
-        } else {
-            None
         };
         let search_start = Instant::now();
         let allowed: Option<HashSet<String>> = if filter.is_empty() {
@@ -832,6 +899,7 @@ impl Engine {
                 mode,
                 req.collection.as_deref(),
                 &req.filter,
+                None,
             )
             .await?;
         let prompt = build_prompt(

@@ -1,18 +1,19 @@
 //! BM25 over chunk title + text (tantivy, `en_stem` tokenizer), persisted in
 //! a directory. The last applied change sequence is the commit payload.
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use parking_lot::Mutex;
 use tantivy::collector::TopDocs;
+use tantivy::columnar::Column;
 use tantivy::query::{
     BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, TermQuery, TermSetQuery,
 };
 use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED,
-    STRING,
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STORED, STRING,
 };
-use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
 use super::index_err;
 use crate::Result;
@@ -198,10 +199,21 @@ impl LexicalIndex {
         let top = searcher
             .search(&q, &TopDocs::with_limit(k).order_by_score())
             .map_err(index_err)?;
+        // Keys come from the fast field (column), not the document store.
+        let mut columns: HashMap<u32, Column<u64>> = HashMap::new();
         let mut out = Vec::with_capacity(top.len());
         for (score, addr) in top {
-            let d: TantivyDocument = searcher.doc(addr).map_err(index_err)?;
-            if let Some(key) = d.get_first(self.fields.key).and_then(|v| v.as_u64()) {
+            let col = match columns.entry(addr.segment_ord) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(
+                    searcher
+                        .segment_reader(addr.segment_ord)
+                        .fast_fields()
+                        .u64("key")
+                        .map_err(index_err)?,
+                ),
+            };
+            if let Some(key) = col.first(addr.doc_id) {
                 out.push((key, score));
             }
         }
