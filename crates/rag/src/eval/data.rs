@@ -51,13 +51,19 @@ fn read_text(path: &Path) -> Result<String> {
 pub fn read_beir(dir: &Path, split: &str) -> Result<BeirDataset> {
     let corpus_path = dir.join("corpus.jsonl");
     if !corpus_path.is_file() {
-        return Err(load_err(&corpus_path, "missing (not a BEIR dataset directory?)"));
+        return Err(load_err(
+            &corpus_path,
+            "missing (not a BEIR dataset directory?)",
+        ));
     }
     let mut corpus = Vec::new();
     for doc in load_path(&corpus_path, &LoadOptions::default()) {
         let doc = doc?;
         if doc.id.is_none() {
-            return Err(load_err(&corpus_path, format!("a document without `_id`: {:.60}", doc.text)));
+            return Err(load_err(
+                &corpus_path,
+                format!("a document without `_id`: {:.60}", doc.text),
+            ));
         }
         corpus.push(doc);
     }
@@ -91,7 +97,12 @@ pub fn read_queries(path: &Path) -> Result<Vec<BeirQuery>> {
         let id = match q.id {
             serde_json::Value::String(s) => s,
             serde_json::Value::Number(n) => n.to_string(),
-            _ => return Err(load_err(path, format!("line {}: `_id` must be a string or number", i + 1))),
+            _ => {
+                return Err(load_err(
+                    path,
+                    format!("line {}: `_id` must be a string or number", i + 1),
+                ))
+            }
         };
         out.push(BeirQuery {
             id,
@@ -182,7 +193,11 @@ pub fn read_squad(path: &Path) -> Result<Vec<SquadQuestion>> {
     let file: SquadFile = serde_json::from_str(&text).map_err(|e| {
         load_err(
             path,
-            format!("not a SQuAD v1.1 file (line {}, column {}: {e})", e.line(), e.column()),
+            format!(
+                "not a SQuAD v1.1 file (line {}, column {}: {e})",
+                e.line(),
+                e.column()
+            ),
         )
     })?;
     let mut out = Vec::new();

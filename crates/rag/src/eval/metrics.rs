@@ -121,14 +121,19 @@ static ARTICLES: LazyLock<Regex> =
 /// remove the articles a/an/the, collapse whitespace.
 pub fn normalize_answer(s: &str) -> String {
     let lower = s.to_lowercase();
-    let no_punc: String = lower.chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    let no_punc: String = lower
+        .chars()
+        .filter(|c| !c.is_ascii_punctuation())
+        .collect();
     let no_articles = ARTICLES.replace_all(&no_punc, " ");
     no_articles.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// SQuAD v1.1 exact match of one prediction against one gold answer (0 or 1).
 pub fn exact_match(prediction: &str, gold: &str) -> f64 {
-    f64::from(u8::from(normalize_answer(prediction) == normalize_answer(gold)))
+    f64::from(u8::from(
+        normalize_answer(prediction) == normalize_answer(gold),
+    ))
 }
 
 /// SQuAD v1.1 token F1 of one prediction against one gold answer.

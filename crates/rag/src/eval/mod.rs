@@ -12,6 +12,6 @@ pub mod metrics;
 
 pub use data::{read_beir, read_squad, BeirDataset, BeirQuery, Qrels, SquadQuestion};
 pub use metrics::{
-    dedup_ranked, evaluate_run, exact_match, f1_score, max_over_gold, mrr_at_k, ndcg_at_k, normalize_answer,
-    recall_at_k, AnswerScores, RetrievalScores,
+    dedup_ranked, evaluate_run, exact_match, f1_score, max_over_gold, mrr_at_k, ndcg_at_k,
+    normalize_answer, recall_at_k, AnswerScores, RetrievalScores,
 };

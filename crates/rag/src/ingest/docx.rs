@@ -72,9 +72,12 @@ fn parse_body(xml: &str) -> Result<(String, Option<String>), String> {
         out.push_str(s);
     };
     loop {
-        let ev = reader
-            .read_event()
-            .map_err(|e| format!("corrupt DOCX (word/document.xml at byte {}: {e})", reader.error_position()))?;
+        let ev = reader.read_event().map_err(|e| {
+            format!(
+                "corrupt DOCX (word/document.xml at byte {}: {e})",
+                reader.error_position()
+            )
+        })?;
         match ev {
             Event::Start(e) => match e.local_name().as_ref() {
                 b"t" => in_text = true,
@@ -107,7 +110,9 @@ fn parse_body(xml: &str) -> Result<(String, Option<String>), String> {
             }
             Event::GeneralRef(r) if in_text => {
                 // &amp; &lt; &#233; ... inside <w:t>.
-                let name = r.decode().map_err(|e| format!("corrupt DOCX (bad entity: {e})"))?;
+                let name = r
+                    .decode()
+                    .map_err(|e| format!("corrupt DOCX (bad entity: {e})"))?;
                 if let Some(c) = r.resolve_char_ref().ok().flatten() {
                     para.push(c);
                 } else if let Some(s) = quick_xml::escape::resolve_predefined_entity(&name) {

@@ -71,7 +71,9 @@ impl Format {
             }
             "text/csv" => Format::Csv,
             "text/tab-separated-values" => Format::Tsv,
-            "application/jsonl" | "application/x-ndjson" | "application/x-jsonlines"
+            "application/jsonl"
+            | "application/x-ndjson"
+            | "application/x-jsonlines"
             | "application/jsonlines" => Format::Jsonl,
             _ => return None,
         })

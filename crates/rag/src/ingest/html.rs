@@ -15,13 +15,48 @@ const SKIP: &[&str] = &[
 ];
 
 /// Elements that end a line.
-const LINE: &[&str] = &["br", "li", "tr", "dt", "dd", "option", "figcaption", "caption"];
+const LINE: &[&str] = &[
+    "br",
+    "li",
+    "tr",
+    "dt",
+    "dd",
+    "option",
+    "figcaption",
+    "caption",
+];
 
 /// Elements that stand as their own paragraph.
 const BLOCK: &[&str] = &[
-    "p", "div", "section", "article", "aside", "header", "footer", "nav", "main", "h1", "h2", "h3",
-    "h4", "h5", "h6", "ul", "ol", "dl", "table", "blockquote", "pre", "hr", "form", "fieldset",
-    "address", "figure", "details", "summary", "body",
+    "p",
+    "div",
+    "section",
+    "article",
+    "aside",
+    "header",
+    "footer",
+    "nav",
+    "main",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "ul",
+    "ol",
+    "dl",
+    "table",
+    "blockquote",
+    "pre",
+    "hr",
+    "form",
+    "fieldset",
+    "address",
+    "figure",
+    "details",
+    "summary",
+    "body",
 ];
 
 pub(super) fn extract(source: &str) -> Page {
@@ -72,10 +107,7 @@ pub(super) fn extract(source: &str) -> Page {
             }
         }
     }
-    Page {
-        title,
-        text: w.out,
-    }
+    Page { title, text: w.out }
 }
 
 fn first_text(doc: &Html, selector: &str) -> Option<String> {

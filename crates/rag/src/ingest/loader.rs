@@ -149,7 +149,12 @@ fn canonical_json(v: &serde_json::Value) -> String {
     }
 }
 
-fn walk(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<Result<NewDocument>>, seen: &mut HashSet<PathBuf>) {
+fn walk(
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+    errors: &mut Vec<Result<NewDocument>>,
+    seen: &mut HashSet<PathBuf>,
+) {
     // Symlink loops: visit each real directory once.
     if let Ok(real) = std::fs::canonicalize(dir) {
         if !seen.insert(real) {
@@ -237,7 +242,8 @@ fn parse(path: &Path, format: Format, bytes: &[u8]) -> Parsed {
             let mut docs = one(p.text, p.title)?;
             if let Some(Ok(doc)) = docs.first_mut() {
                 doc.pages = p.pages;
-                doc.metadata.insert("page_count".into(), p.page_count.into());
+                doc.metadata
+                    .insert("page_count".into(), p.page_count.into());
             }
             Ok(docs)
         }
@@ -246,7 +252,13 @@ fn parse(path: &Path, format: Format, bytes: &[u8]) -> Parsed {
 }
 
 /// Apply the caller's options, tag the format and source, name the file in errors.
-fn finish(path: &Path, source: &str, format: Format, parsed: Parsed, opts: &LoadOptions) -> Vec<Result<NewDocument>> {
+fn finish(
+    path: &Path,
+    source: &str,
+    format: Format,
+    parsed: Parsed,
+    opts: &LoadOptions,
+) -> Vec<Result<NewDocument>> {
     let items = match parsed {
         Ok(items) => items,
         Err(reason) => return vec![Err(load_err(path, reason))],
@@ -298,7 +310,10 @@ fn load_err(path: &Path, reason: impl Into<String>) -> RagError {
 
 fn unsupported(path: &Path, content_type: Option<&str>) -> RagError {
     let what = match (path.extension(), content_type) {
-        (_, Some(ct)) if Format::from_content_type(ct).is_none() && Format::from_name(&path.to_string_lossy()).is_none() => {
+        (_, Some(ct))
+            if Format::from_content_type(ct).is_none()
+                && Format::from_name(&path.to_string_lossy()).is_none() =>
+        {
             format!("content type {ct:?}")
         }
         (Some(ext), _) => format!("extension .{}", ext.to_string_lossy()),
@@ -351,9 +366,7 @@ pub(super) fn decode_text(bytes: &[u8]) -> std::result::Result<String, String> {
         )
     })?;
     if let Some(i) = text.find('\0') {
-        return Err(format!(
-            "binary data, not text (NUL byte at offset {i})"
-        ));
+        return Err(format!("binary data, not text (NUL byte at offset {i})"));
     }
     Ok(text.to_string())
 }

@@ -32,7 +32,9 @@ fn extract_inner(bytes: &[u8]) -> Result<Pdf, String> {
         Ok(d) => d,
         Err(e) => {
             let msg = e.to_string();
-            if msg.to_ascii_lowercase().contains("decrypt") || msg.to_ascii_lowercase().contains("encrypt") {
+            if msg.to_ascii_lowercase().contains("decrypt")
+                || msg.to_ascii_lowercase().contains("encrypt")
+            {
                 return Err(format!("encrypted PDF (password-protected; {msg})"));
             }
             return Err(format!("malformed or truncated PDF ({msg})"));
