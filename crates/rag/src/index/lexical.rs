@@ -220,7 +220,7 @@ impl LexicalIndex {
         Ok(out)
     }
 
-    /// Size of the index files in bytes.
+    /// The underlying tantivy index.
     pub fn index(&self) -> &Index {
         &self.index
     }
