@@ -1,8 +1,94 @@
-//! `ragfleet node`.
+//! `ragfleet node`: run a RAG node. Configuration: the TOML file
+//! (`--config`), then environment variables, then flags (flags win).
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use ragfleet_node::{GeneratorKind, NodeConfig};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Node config file (TOML; see configs/node.toml and docs/node.md).
+    #[arg(long, env = "RAGFLEET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "RAGFLEET_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (SQLite store and index files).
+    #[arg(long, env = "RAGFLEET_DATA")]
+    pub data: Option<PathBuf>,
+    /// Models directory (all-minilm-l6-v2/, smollm2/).
+    #[arg(long, env = "RAGFLEET_MODELS")]
+    pub models: Option<PathBuf>,
+    /// Default generator: local, openai or extractive.
+    #[arg(long, env = "RAGFLEET_GENERATOR")]
+    pub generator: Option<GeneratorKind>,
+    /// Base URL of an OpenAI-compatible server (enables the `openai` generator).
+    #[arg(long, env = "RAGFLEET_OPENAI_BASE_URL")]
+    pub openai_base_url: Option<String>,
+    /// Model name for the OpenAI-compatible server.
+    #[arg(long, env = "RAGFLEET_OPENAI_MODEL")]
+    pub openai_model: Option<String>,
+    /// Generations run at once on this node.
+    #[arg(long, env = "RAGFLEET_MAX_CONCURRENT_GENERATIONS")]
+    pub max_concurrent_generations: Option<usize>,
+    /// Print the effective configuration (TOML) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`ragfleet node` is not built yet")
+impl Args {
+    /// File, then environment + flags (clap already put the environment
+    /// variables into the same fields, with flags winning).
+    pub fn config(&self) -> anyhow::Result<NodeConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => NodeConfig::from_file(p)?,
+            None => NodeConfig::default(),
+        };
+        if let Some(v) = self.listen {
+            cfg.listen = v;
+        }
+        if let Some(v) = &self.data {
+            cfg.data_dir = v.clone();
+        }
+        if let Some(v) = &self.models {
+            cfg.models_dir = v.clone();
+        }
+        if let Some(v) = self.generator {
+            cfg.generator = v;
+        }
+        if let Some(v) = &self.openai_base_url {
+            cfg.openai.base_url = v.clone();
+        }
+        if let Some(v) = &self.openai_model {
+            cfg.openai.model = v.clone();
+        }
+        if let Some(v) = self.max_concurrent_generations {
+            cfg.limits.max_concurrent_generations = v;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = args.config()?;
+    if args.print_config {
+        print!(
+            "{}",
+            toml::to_string_pretty(&cfg).context("rendering the configuration")?
+        );
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let node = ragfleet_node::Node::bind(cfg).await?;
+        let addr = node.local_addr();
+        eprintln!("ragfleet node on http://{addr}/  (API http://{addr}/api/v1, docs http://{addr}/api/v1/docs, metrics http://{addr}/metrics)");
+        node.run(ragfleet_node::shutdown_signal()).await?;
+        Ok(())
+    })
 }
