@@ -79,10 +79,14 @@ fn html_drops_scripts_styles_and_takes_the_title() {
         assert!(!d.text.contains(gone), "{gone:?} leaked into {:?}", d.text);
     }
     assert!(d.text.contains("Hope the Blue Whale"));
-    assert!(d.text.contains("She is 25.2 metres long and was nicknamed Hope."));
+    assert!(d
+        .text
+        .contains("She is 25.2 metres long and was nicknamed Hope."));
     assert!(d.text.contains("museum's Hintze Hall"));
     // Paragraphs and list items stay apart.
-    assert!(d.text.contains("Weight of the skeleton: 4.5 tonnes\nBones: 221"));
+    assert!(d
+        .text
+        .contains("Weight of the skeleton: 4.5 tonnes\nBones: 221"));
     assert!(d.text.contains("Hope.\n\nShe replaced"));
 }
 
@@ -102,7 +106,11 @@ fn pdf_text_per_page_with_page_numbers() {
     };
     assert!(page_text(0).contains("Winstanley"), "{}", page_text(0));
     assert!(page_text(1).contains("Smeaton"), "{}", page_text(1));
-    assert!(page_text(2).contains("automated in 1982"), "{}", page_text(2));
+    assert!(
+        page_text(2).contains("automated in 1982"),
+        "{}",
+        page_text(2)
+    );
     assert!(!page_text(0).contains("Smeaton"));
     assert_eq!(d.pages[1].1, 2);
     assert_eq!(d.pages[2].1, 3);
@@ -119,7 +127,9 @@ fn docx_paragraphs_tables_and_title() {
         .text
         .contains("A colony in summer holds forty thousand workers and a single queen."));
     assert!(d.text.contains("Swarming\n\nIn late spring"));
-    assert!(d.text.contains("Caste | Lifespan\nWorker | Six weeks in summer"));
+    assert!(d
+        .text
+        .contains("Caste | Lifespan\nWorker | Six weeks in summer"));
 }
 
 #[test]
@@ -170,8 +180,18 @@ fn jsonl_bad_lines_are_named_and_the_others_still_load() {
         .map(|e| e.to_string())
         .collect();
     assert_eq!(errs.len(), 2);
-    assert!(errs[0].contains("bad-line.jsonl") && errs[0].contains("line 2:") && errs[0].contains("invalid JSON"), "{}", errs[0]);
-    assert!(errs[1].contains("line 5:") && errs[1].contains("missing `text`"), "{}", errs[1]);
+    assert!(
+        errs[0].contains("bad-line.jsonl")
+            && errs[0].contains("line 2:")
+            && errs[0].contains("invalid JSON"),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[1].contains("line 5:") && errs[1].contains("missing `text`"),
+        "{}",
+        errs[1]
+    );
 }
 
 #[test]
@@ -184,7 +204,10 @@ fn broken_files_give_errors_naming_file_and_reason() {
     let e = load_error("broken/not-a-zip.docx");
     assert!(e.contains("not a DOCX file") && e.contains("zip"), "{e}");
     let e = load_error("broken/picture.xyz");
-    assert!(e.contains("unsupported format") && e.contains(".xyz"), "{e}");
+    assert!(
+        e.contains("unsupported format") && e.contains(".xyz"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -206,11 +229,29 @@ fn a_directory_loads_every_file_and_reports_every_failure() {
     assert_eq!(ok.len(), 12, "{ok:#?}");
     // broken/: 2 bad JSONL lines + 5 broken files.
     assert_eq!(errs.len(), 7, "{errs:#?}");
-    for name in ["empty.txt", "truncated.pdf", "encrypted.pdf", "not-a-zip.docx", "picture.xyz"] {
-        assert!(errs.iter().any(|e| e.contains(name)), "{name} missing in {errs:#?}");
+    for name in [
+        "empty.txt",
+        "truncated.pdf",
+        "encrypted.pdf",
+        "not-a-zip.docx",
+        "picture.xyz",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.contains(name)),
+            "{name} missing in {errs:#?}"
+        );
     }
-    for title in ["river", "Sourdough Baking Guide", "Eddystone Lighthouse", "Field Notes on Bees", "planets"] {
-        assert!(ok.iter().any(|d| d.title.as_deref() == Some(title)), "{title}");
+    for title in [
+        "river",
+        "Sourdough Baking Guide",
+        "Eddystone Lighthouse",
+        "Field Notes on Bees",
+        "planets",
+    ] {
+        assert!(
+            ok.iter().any(|d| d.title.as_deref() == Some(title)),
+            "{title}"
+        );
     }
 }
 
@@ -224,7 +265,9 @@ fn caller_options_are_applied() {
         title: Some("Custom".into()),
         metadata,
     };
-    let d = load_path(&fixture("good/guide.md"), &opts).remove(0).unwrap();
+    let d = load_path(&fixture("good/guide.md"), &opts)
+        .remove(0)
+        .unwrap();
     assert_eq!(d.id.as_deref(), Some("my-id/42"));
     assert_eq!(d.title.as_deref(), Some("Custom"));
     assert_eq!(d.collection.as_deref(), Some("handbook"));
@@ -233,7 +276,11 @@ fn caller_options_are_applied() {
     // An id for a multi-document load is refused (it would be shared).
     let r = load_path(&fixture("good/corpus.jsonl"), &opts);
     assert_eq!(r.len(), 1);
-    assert!(r[0].as_ref().unwrap_err().to_string().contains("id cannot be given"));
+    assert!(r[0]
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("id cannot be given"));
     let r = load_path(&fixture("good"), &opts);
     assert_eq!(r.len(), 1);
     assert!(r[0].is_err());
@@ -243,17 +290,32 @@ fn caller_options_are_applied() {
 fn uploads_pick_the_format_from_content_type_or_name() {
     let html = std::fs::read(fixture("good/museum.html")).unwrap();
     // Content type wins over a misleading name.
-    let docs = load_bytes("upload.bin", Some("text/html; charset=utf-8"), &html, &LoadOptions::default()).unwrap();
+    let docs = load_bytes(
+        "upload.bin",
+        Some("text/html; charset=utf-8"),
+        &html,
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert_eq!(docs.len(), 1);
     assert!(!docs[0].text.contains("trackingMarker"));
     assert_eq!(docs[0].source.as_deref(), Some("upload.bin"));
     // Generic content type: the extension decides.
     let pdf = std::fs::read(fixture("good/lighthouse.pdf")).unwrap();
-    let docs = load_bytes("l.pdf", Some("application/octet-stream"), &pdf, &LoadOptions::default()).unwrap();
+    let docs = load_bytes(
+        "l.pdf",
+        Some("application/octet-stream"),
+        &pdf,
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert_eq!(docs[0].pages.len(), 3);
     // Unknown: an error naming the upload.
     let e = load_bytes("x.bin", None, b"hello", &LoadOptions::default()).unwrap_err();
-    assert!(e.to_string().contains("x.bin") && e.to_string().contains("unsupported"), "{e}");
+    assert!(
+        e.to_string().contains("x.bin") && e.to_string().contains("unsupported"),
+        "{e}"
+    );
     // JSON Lines upload with a bad line: all-or-nothing for load_bytes,
     // per line for load_bytes_each.
     let jsonl = std::fs::read(fixture("broken/bad-line.jsonl")).unwrap();
@@ -262,7 +324,13 @@ fn uploads_pick_the_format_from_content_type_or_name() {
     let each = load_bytes_each("c.jsonl", None, &jsonl, &LoadOptions::default());
     assert_eq!(each.iter().filter(|r| r.is_ok()).count(), 3);
     // Invalid UTF-8 text.
-    let e = load_bytes("a.txt", None, &[0x66, 0x6f, 0xff, 0xfe, 0x20], &LoadOptions::default()).unwrap_err();
+    let e = load_bytes(
+        "a.txt",
+        None,
+        &[0x66, 0x6f, 0xff, 0xfe, 0x20],
+        &LoadOptions::default(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("not UTF-8"), "{e}");
     // Whitespace only.
     let e = load_bytes("a.md", None, b" \n\n\t", &LoadOptions::default()).unwrap_err();
