@@ -41,4 +41,10 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
   for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break; sleep 0.5; done
 fi
 
+# Python clients the tests drive the node with (the official OpenAI SDK).
+if ! python3 -c 'import openai' 2>/dev/null; then
+  echo "setup: installing the openai Python package"
+  python3 -m pip install --quiet 'openai>=1.40'
+fi
+
 "$root/scripts/fetch-models.sh"

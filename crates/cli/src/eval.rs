@@ -1,8 +1,432 @@
-//! `ragfleet eval`.
+//! `ragfleet eval`: retrieval quality on a BEIR-layout dataset and answer
+//! quality on a SQuAD v1.1 file, measured through a fresh [`Engine`].
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use ragfleet_models::{BertEmbedder, LocalLlama, LocalLlamaOptions};
+use ragfleet_rag::eval::{
+    dedup_ranked, evaluate_run, read_beir, read_squad, AnswerScores, RetrievalScores,
+};
+use ragfleet_rag::generate::extractive::ExtractiveGenerator;
+use ragfleet_rag::generate::Generator;
+use ragfleet_rag::types::{NewDocument, RetrievalMode};
+use ragfleet_rag::{ChatEvent, ChatRequest, Engine, EngineConfig, Generators, SearchQuery};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`ragfleet eval` is not built yet")
+#[derive(clap::Subcommand, Debug)]
+enum What {
+    /// nDCG@10, Recall@10/100, MRR@10 and queries/s per retrieval mode on a
+    /// BEIR dataset directory (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).
+    Retrieval(RetrievalArgs),
+    /// Exact match and token F1 (SQuAD v1.1 scoring) of cited answers.
+    Answers(AnswersArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// Models directory (all-minilm-l6-v2/, smollm2/).
+    #[arg(long, env = "RAGFLEET_MODELS", default_value = "models")]
+    models: PathBuf,
+    /// Data directory for the engine (default: a fresh temporary directory,
+    /// removed afterwards). An existing directory is reused as it is.
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Chunk size in embedding tokens.
+    #[arg(long, default_value_t = 200)]
+    max_tokens: usize,
+    /// Tokens shared by consecutive chunks.
+    #[arg(long, default_value_t = 32)]
+    overlap_tokens: usize,
+    /// Reciprocal rank fusion constant for hybrid retrieval.
+    #[arg(long, default_value_t = 60.0)]
+    rrf_k: f32,
+    /// Candidates each retriever contributes before fusion.
+    #[arg(long, default_value_t = 100)]
+    candidates: usize,
+}
+
+#[derive(clap::Args, Debug)]
+struct RetrievalArgs {
+    /// BEIR dataset directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// Retrieval modes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "lexical,vector,hybrid")]
+    modes: Vec<RetrievalMode>,
+    /// Evaluate this many queries (spread evenly over the file); default all.
+    #[arg(long)]
+    queries: Option<usize>,
+    /// Qrels split (qrels/<split>.tsv).
+    #[arg(long, default_value = "test")]
+    split: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args, Debug)]
+struct AnswersArgs {
+    /// SQuAD v1.1 JSON file.
+    #[arg(long)]
+    squad: PathBuf,
+    /// Questions to ask (a seeded random sample).
+    #[arg(long, default_value_t = 100)]
+    sample: usize,
+    /// Generator: `local` (SmolLM2 from the models dir) or `extractive`.
+    #[arg(long, default_value = "extractive")]
+    generator: String,
+    /// Passages retrieved per question.
+    #[arg(long, default_value_t = 3)]
+    top_k: usize,
+    /// Retrieval mode for the answers.
+    #[arg(long, default_value = "hybrid")]
+    mode: RetrievalMode,
+    /// Index every paragraph of the file (`all`) or only those of the sampled
+    /// questions (`sampled`, much faster to ingest; retrieval is then easier).
+    #[arg(long, default_value = "all")]
+    corpus: String,
+    /// Most tokens per answer.
+    #[arg(long, default_value_t = 48)]
+    answer_tokens: usize,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async {
+        match args.what {
+            What::Retrieval(a) => retrieval(a).await,
+            What::Answers(a) => answers(a).await,
+        }
+    })
+}
+
+/// The engine's data directory: the given one, or a temporary one removed on drop.
+struct WorkDir {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl WorkDir {
+    fn new(given: Option<PathBuf>) -> Self {
+        match given {
+            Some(path) => Self {
+                path,
+                remove: false,
+            },
+            None => Self {
+                path: std::env::temp_dir().join(format!("ragfleet-eval-{}", std::process::id())),
+                remove: true,
+            },
+        }
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+async fn open_engine(c: &Common, work: &Path, generators: Generators) -> anyhow::Result<Engine> {
+    let dir = c.models.join("all-minilm-l6-v2");
+    let embedder = tokio::task::spawn_blocking(move || BertEmbedder::load(&dir))
+        .await?
+        .context("loading the embedding model (set --models or RAGFLEET_MODELS)")?;
+    let mut cfg = EngineConfig {
+        data_dir: work.to_path_buf(),
+        ..Default::default()
+    };
+    cfg.chunk.max_tokens = c.max_tokens;
+    cfg.chunk.overlap_tokens = c.overlap_tokens;
+    cfg.retrieval.rrf_k = c.rrf_k;
+    cfg.retrieval.candidates = c.candidates;
+    Engine::open(cfg, Arc::new(embedder), generators)
+        .await
+        .with_context(|| format!("opening the engine in {}", work.display()))
+}
+
+/// Ingest in batches, printing progress; any failure is fatal (scores over a
+/// partly indexed corpus would mislead).
+async fn ingest_all(engine: &Engine, docs: Vec<NewDocument>) -> anyhow::Result<()> {
+    let total = docs.len();
+    let started = Instant::now();
+    let mut done = 0usize;
+    let mut chunks = 0usize;
+    let mut it = docs.into_iter().peekable();
+    while it.peek().is_some() {
+        let batch: Vec<NewDocument> = it.by_ref().take(128).collect();
+        for r in engine.ingest_batch(batch).await {
+            chunks += r.context("ingesting the corpus")?.chunks;
+            done += 1;
+        }
+        eprint!(
+            "\ringested {done}/{total} documents ({chunks} chunks, {:.0}s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    engine.flush().await.context("saving the indexes")?;
+    eprintln!();
+    Ok(())
+}
+
+async fn retrieval(a: RetrievalArgs) -> anyhow::Result<()> {
+    let data = a.data.clone();
+    let split = a.split.clone();
+    let ds = tokio::task::spawn_blocking(move || read_beir(&data, &split)).await??;
+    // Judged queries, in file order, optionally thinned evenly to N.
+    let mut queries: Vec<_> = ds
+        .queries
+        .iter()
+        .filter(|q| {
+            ds.qrels
+                .get(&q.id)
+                .is_some_and(|j| j.values().any(|&g| g > 0))
+        })
+        .collect();
+    if let Some(n) = a.queries {
+        if n == 0 {
+            bail!("--queries must be at least 1");
+        }
+        if n < queries.len() {
+            let step = queries.len() as f64 / n as f64;
+            queries = (0..n)
+                .filter_map(|i| queries.get((i as f64 * step) as usize).copied())
+                .collect();
+        }
+    }
+    if queries.is_empty() {
+        bail!("{}: no query has a relevant judgement", a.data.display());
+    }
+    let qrels: HashMap<String, _> = queries
+        .iter()
+        .filter_map(|q| ds.qrels.get(&q.id).map(|j| (q.id.clone(), j.clone())))
+        .collect();
+    println!(
+        "dataset {}: {} documents, {} queries evaluated",
+        a.data.display(),
+        ds.corpus.len(),
+        queries.len()
+    );
+
+    let work = WorkDir::new(a.common.work.clone());
+    let generators = Generators::single("extractive", Arc::new(ExtractiveGenerator::new()));
+    let engine = open_engine(&a.common, &work.path, generators).await?;
+    if engine.stats().documents == 0 {
+        ingest_all(&engine, ds.corpus.clone()).await?;
+    } else {
+        eprintln!("reusing the index in {}", work.path.display());
+    }
+
+    let mut rows: Vec<(RetrievalMode, RetrievalScores, f64)> = Vec::new();
+    for &mode in &a.modes {
+        let started = Instant::now();
+        let mut run: HashMap<String, Vec<String>> = HashMap::new();
+        for (i, q) in queries.iter().enumerate() {
+            let mut sq = SearchQuery::new(q.text.clone());
+            // Chunk-level hits; enough of them to rank 100 distinct documents.
+            sq.top_k = 200;
+            sq.mode = mode;
+            let hits = engine
+                .search(sq)
+                .await
+                .with_context(|| format!("query {}", q.id))?;
+            let mut docs = dedup_ranked(hits.into_iter().map(|h| h.doc_id));
+            docs.truncate(100);
+            run.insert(q.id.clone(), docs);
+            if i % 200 == 199 {
+                eprint!("\r{mode:?}: {}/{} queries", i + 1, queries.len());
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!("\r{mode:?}: {} queries in {secs:.1}s", queries.len());
+        rows.push((
+            mode,
+            evaluate_run(&run, &qrels),
+            queries.len() as f64 / secs,
+        ));
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+fn print_table(rows: &[(RetrievalMode, RetrievalScores, f64)]) {
+    println!(
+        "\n| mode    | nDCG@10 | Recall@10 | Recall@100 | MRR@10 | queries/s |\n|---------|---------|-----------|------------|--------|-----------|"
+    );
+    for (mode, s, qps) in rows {
+        let name = format!("{mode:?}").to_lowercase();
+        println!(
+            "| {name:<7} | {:.4}  | {:.4}    | {:.4}     | {:.4} | {qps:>9.1} |",
+            s.ndcg_at_10, s.recall_at_10, s.recall_at_100, s.mrr_at_10
+        );
+    }
+}
+
+/// splitmix64: a tiny seeded generator for a reproducible sample.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+async fn answers(a: AnswersArgs) -> anyhow::Result<()> {
+    let path = a.squad.clone();
+    let all = tokio::task::spawn_blocking(move || read_squad(&path)).await??;
+    if a.sample == 0 {
+        bail!("--sample must be at least 1");
+    }
+    // Seeded partial Fisher-Yates.
+    let mut idx: Vec<usize> = (0..all.len()).collect();
+    let mut st = a.seed;
+    let n = a.sample.min(all.len());
+    for i in 0..n {
+        let j = i + (splitmix(&mut st) % (idx.len() - i) as u64) as usize;
+        idx.swap(i, j);
+    }
+    let sample: Vec<_> = idx[..n].iter().map(|&i| &all[i]).collect();
+
+    // Paragraphs as documents, ids as in squad-beir: "{title}#{index}".
+    let mut paragraphs: BTreeMap<String, NewDocument> = BTreeMap::new();
+    let wanted: Option<std::collections::HashSet<String>> = match a.corpus.as_str() {
+        "all" => None,
+        "sampled" => Some(
+            sample
+                .iter()
+                .map(|q| format!("{}#{}", q.title, q.paragraph))
+                .collect(),
+        ),
+        other => bail!("--corpus must be `all` or `sampled`, not {other:?}"),
+    };
+    for q in &all {
+        let id = format!("{}#{}", q.title, q.paragraph);
+        if wanted.as_ref().is_some_and(|w| !w.contains(&id)) {
+            continue;
+        }
+        paragraphs.entry(id.clone()).or_insert_with(|| NewDocument {
+            id: Some(id),
+            title: Some(q.title.replace('_', " ")),
+            text: q.context.clone(),
+            ..Default::default()
+        });
+    }
+
+    let generator: Arc<dyn Generator> = match a.generator.as_str() {
+        "extractive" => Arc::new(ExtractiveGenerator::new()),
+        "local" => {
+            let file = a
+                .common
+                .models
+                .join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+            let g = tokio::task::spawn_blocking(move || {
+                LocalLlama::load(&file, LocalLlamaOptions::default())
+            })
+            .await?
+            .context("loading the local generator (set --models or RAGFLEET_MODELS)")?;
+            Arc::new(g)
+        }
+        other => bail!("--generator must be `local` or `extractive`, not {other:?}"),
+    };
+    let work = WorkDir::new(a.common.work.clone());
+    let engine = open_engine(
+        &a.common,
+        &work.path,
+        Generators::single(a.generator.clone(), generator),
+    )
+    .await?;
+    println!(
+        "SQuAD {}: {} questions sampled (seed {}), {} paragraphs indexed, generator {}",
+        a.squad.display(),
+        n,
+        a.seed,
+        paragraphs.len(),
+        a.generator
+    );
+    if engine.stats().documents == 0 {
+        ingest_all(&engine, paragraphs.into_values().collect()).await?;
+    }
+
+    let started = Instant::now();
+    let mut preds: Vec<(String, &[String])> = Vec::new();
+    for (i, q) in sample.iter().enumerate() {
+        let mut req = ChatRequest::new(q.question.clone());
+        req.top_k = Some(a.top_k);
+        req.mode = Some(a.mode);
+        let mut params = engine.config().generation.clone();
+        params.max_tokens = a.answer_tokens;
+        params.temperature = 0.0;
+        req.params = Some(params);
+        let mut stream = engine
+            .chat(req)
+            .await
+            .with_context(|| format!("question {}", q.id))?;
+        let mut answer = None;
+        while let Some(ev) = stream.next().await {
+            match ev {
+                ChatEvent::Done { answer: text, .. } => answer = Some(text),
+                ChatEvent::Error { message } => bail!("question {}: {message}", q.id),
+                _ => {}
+            }
+        }
+        let answer = answer.unwrap_or_default();
+        preds.push((strip_citations(&answer), q.answers.as_slice()));
+        eprint!("\ranswered {}/{}", i + 1, n);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!();
+    let scores = AnswerScores::from_pairs(preds.iter().map(|(p, g)| (p.as_str(), *g)));
+    println!(
+        "\n| generator  | questions | EM     | F1     | s/question |\n|------------|-----------|--------|--------|------------|\n| {:<10} | {:>9} | {:>6.2} | {:>6.2} | {:>10.2} |",
+        a.generator,
+        scores.questions,
+        scores.exact_match,
+        scores.f1,
+        secs / n as f64
+    );
+    Ok(())
+}
+
+/// Drop `[n]` citation markers so they are not scored as answer tokens.
+fn strip_citations(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('[') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        match after.find(']') {
+            Some(j)
+                if j > 0
+                    && after[..j]
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || c == ',' || c == ' ') =>
+            {
+                rest = &after[j + 1..];
+            }
+            _ => {
+                out.push('[');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out.trim().to_string()
 }

@@ -24,13 +24,31 @@ async fn openai_python_client_stream_and_non_stream() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let models: Vec<&str> = v["models"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
-    assert!(models.contains(&"default") && models.contains(&"ragfleet"), "{v}");
+    let models: Vec<&str> = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert!(
+        models.contains(&"default") && models.contains(&"ragfleet"),
+        "{v}"
+    );
     assert!(v["answer"].as_str().unwrap().contains("Louvre"), "{v}");
     assert_eq!(v["finish_reason"], "stop");
     assert!(v["completion_tokens"].as_u64().unwrap() > 0);
-    assert!(v["streamed"].as_str().unwrap().to_lowercase().contains("waggle"), "{v}");
-    assert!(v["chunks"].as_u64().unwrap() >= 2, "streamed in pieces: {v}");
+    assert!(
+        v["streamed"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("waggle"),
+        "{v}"
+    );
+    assert!(
+        v["chunks"].as_u64().unwrap() >= 2,
+        "streamed in pieces: {v}"
+    );
     node.stop().await.unwrap();
 }
 
@@ -50,8 +68,10 @@ async fn client_disconnect_stops_local_generation() {
     let mut resp = node
         .client
         .post(node.url("/api/v1/chat"))
-        .json(&json!({"message": "Write a very long essay about Paris.", "stream": true,
-            "max_tokens": 2000, "conversation_id": "disconnect-test"}))
+        .json(
+            &json!({"message": "Write a very long essay about Paris.", "stream": true,
+            "max_tokens": 2000, "conversation_id": "disconnect-test"}),
+        )
         .send()
         .await
         .unwrap();
@@ -76,9 +96,20 @@ async fn client_disconnect_stops_local_generation() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(freed, "generation still running 5 s after the client left");
-    let metrics = node.client.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = node
+        .client
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        metrics.lines().any(|l| l.starts_with("ragfleet_node_chats_total") && l.contains("outcome=\"cancelled\"")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ragfleet_node_chats_total")
+                && l.contains("outcome=\"cancelled\"")),
         "cancelled chat not counted"
     );
     // Nothing was stored for the abandoned answer.
@@ -86,7 +117,10 @@ async fn client_disconnect_stops_local_generation() {
     assert_eq!(s, 404);
     // And the node still answers with the local model.
     let (s, ans) = node
-        .post_json("/api/v1/chat", &json!({"message": "How tall is the Eiffel Tower?", "max_tokens": 24}))
+        .post_json(
+            "/api/v1/chat",
+            &json!({"message": "How tall is the Eiffel Tower?", "max_tokens": 24}),
+        )
         .await;
     assert_eq!(s, 200, "{ans}");
     assert!(!ans["answer"].as_str().unwrap().is_empty());

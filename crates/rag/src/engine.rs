@@ -33,6 +33,7 @@ use crate::index::flat::FlatIndex;
 use crate::index::hnsw::{HnswIndex, HnswParams};
 use crate::index::lexical::{LexicalDoc, LexicalIndex};
 use crate::index::{KeyFilter, VectorIndex};
+use crate::ingest::split;
 use crate::prompt::{build_prompt, cited_numbers};
 use crate::retrieve::rrf;
 use crate::store::sqlite::SqliteStore;
@@ -438,7 +439,7 @@ impl Engine {
         for (i, nd) in docs.into_iter().enumerate() {
             match self.prepare(nd).await {
                 Ok(Prepared::Unchanged(o)) => results[i] = Some(Ok(o)),
-                Ok(Prepared::New(rec, chunks)) => prepared.push((i, rec, chunks)),
+                Ok(Prepared::New(rec, chunks)) => prepared.push((i, *rec, chunks)),
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
@@ -613,7 +614,7 @@ impl Engine {
         let chunks = split(&doc, self.inner.embedder.as_ref(), &self.inner.cfg.chunk);
         let chars = doc.text.chars().count();
         Ok(Prepared::New(
-            DocumentRecord {
+            Box::new(DocumentRecord {
                 id,
                 title,
                 collection,
@@ -627,7 +628,7 @@ impl Engine {
                 created_at: String::new(),
                 updated_at: String::new(),
                 seq: 0,
-            },
+            }),
             chunks,
         ))
     }
@@ -1135,7 +1136,7 @@ impl Engine {
 
 enum Prepared {
     Unchanged(IngestOutcome),
-    New(DocumentRecord, Vec<Chunk>),
+    New(Box<DocumentRecord>, Vec<Chunk>),
 }
 
 fn embed_text(title: &str, text: &str) -> String {
@@ -1174,68 +1175,4 @@ fn open_vector_index(dir: &Path, cfg: &IndexConfig, dim: usize) -> Result<Box<dy
         )?),
         VectorIndexKind::Flat => Box::new(FlatIndex::open(&dir.join("vectors.flat"), dim)?),
     })
-}
-
-/// Splits a document into chunks.
-// TEMPORARY until ingest::split lands: word windows sized with the
-// embedder's tokenizer.
-fn split(doc: &Document, sizer: &dyn Embedder, cfg: &crate::ingest::ChunkConfig) -> Vec<Chunk> {
-    let max_tokens = cfg.max_tokens.clamp(8, sizer.max_tokens().max(8));
-    let words: Vec<(usize, usize)> = {
-        // (start, end) char offsets of each whitespace-separated word.
-        let mut v = Vec::new();
-        let mut start = None;
-        let mut n = 0;
-        for (ci, c) in doc.text.chars().enumerate() {
-            n = ci + 1;
-            if c.is_whitespace() {
-                if let Some(s) = start.take() {
-                    v.push((s, ci));
-                }
-            } else if start.is_none() {
-                start = Some(ci);
-            }
-        }
-        if let Some(s) = start {
-            v.push((s, n));
-        }
-        v
-    };
-    let chars: Vec<char> = doc.text.chars().collect();
-    let slice = |a: usize, b: usize| chars[a..b].iter().collect::<String>();
-    let mut window = (max_tokens * 10 / 14).max(4);
-    let overlap = (cfg.overlap_tokens * 10 / 14).min(window / 2);
-    let mut chunks = Vec::new();
-    let mut i = 0;
-    while i < words.len() {
-        let mut j = (i + window).min(words.len());
-        // Shrink until it fits the token budget.
-        while j > i + 1 && sizer.count_tokens(&slice(words[i].0, words[j - 1].1)) > max_tokens {
-            j -= (j - i) / 8 + 1;
-            window = window.min(j - i).max(1);
-        }
-        let (start, end) = (words[i].0, words[j - 1].1);
-        let ordinal = chunks.len() as u32;
-        chunks.push(Chunk {
-            id: format!("{}#{ordinal}", doc.id),
-            doc_id: doc.id.clone(),
-            ordinal,
-            collection: doc.collection.clone(),
-            title: doc.title.clone(),
-            text: slice(start, end),
-            start,
-            end,
-            page: doc
-                .pages
-                .iter()
-                .rev()
-                .find(|(off, _)| *off <= start)
-                .map(|(_, p)| *p),
-        });
-        if j >= words.len() {
-            break;
-        }
-        i = (j - overlap.min(j - i - 1)).max(i + 1);
-    }
-    chunks
 }

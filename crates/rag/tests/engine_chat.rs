@@ -132,7 +132,10 @@ async fn chat_streams_cited_answers_and_records_runs_that_replay() {
     // Times survive the JSON round trip (to float precision).
     assert!((run.timings.embed_ms - timings.embed_ms).abs() < 1e-6);
     assert!((run.timings.total_ms - timings.total_ms).abs() < 1e-6);
-    assert_eq!(run.timings.first_token_ms.is_some(), timings.first_token_ms.is_some());
+    assert_eq!(
+        run.timings.first_token_ms.is_some(),
+        timings.first_token_ms.is_some()
+    );
 
     let replay = engine.replay(run_id).await.unwrap();
     assert!(replay.identical && !replay.generator_changed, "{replay:?}");

@@ -129,7 +129,7 @@ fn recall_on_clustered_vectors_and_with_a_filter() {
     let rec = recall_at_10(&h, &f, &queries, None);
     assert!(rec >= 0.98, "recall@10 = {rec}");
     // A filter keeping one key in three.
-    let keep: &(dyn Fn(u64) -> bool + Sync) = &|k: u64| k % 3 == 0;
+    let keep: &(dyn Fn(u64) -> bool + Sync) = &|k: u64| k.is_multiple_of(3);
     let rec = recall_at_10(&h, &f, &queries, Some(keep));
     assert!(rec >= 0.98, "filtered recall@10 = {rec}");
     for q in &queries[..10] {

@@ -52,7 +52,7 @@ pub async fn start(
         .generator
         .clone()
         .unwrap_or_else(|| state.config.generator.name().to_string());
-    if !engine.generator_names().iter().any(|g| *g == generator) {
+    if !engine.generator_names().contains(&generator) {
         return Err(ApiError::invalid(format!(
             "unknown generator {generator:?} (this node has: {})",
             engine.generator_names().join(", ")
