@@ -47,8 +47,10 @@ pub async fn open(cfg: EngineConfig) -> Engine {
     .expect("engine opens")
 }
 
+/// The shared evaluation data (`../shared/data` beside the repository, or
+/// `RAGFLEET_EVAL_DATA`; not `RAGFLEET_DATA`, which is the node's data directory).
 pub fn data_dir() -> PathBuf {
-    std::env::var_os("RAGFLEET_DATA")
+    std::env::var_os("RAGFLEET_EVAL_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
 }
