@@ -20,17 +20,18 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ReqBody {
     Empty,
     Full(Option<Bytes>),
-    Stream(Incoming),
+    /// Streamed, within `listen.max_body_size`.
+    Stream(http_body_util::Limited<Incoming>),
 }
 
 impl Body for ReqBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),

@@ -104,6 +104,50 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// A size in bytes, written as an integer or as "32KiB", "10MiB", "1GiB".
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Debug)]
+pub struct Size(pub u64);
+
+/// Parse "4096", "512B", "32KiB", "10MiB", "1GiB".
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if digits == 0 {
+        return Err(format!("bad size {s:?} (write e.g. 4096, \"32KiB\" or \"10MiB\")"));
+    }
+    let n: u64 = t[..digits]
+        .parse()
+        .map_err(|_| format!("bad size {s:?}: number too large"))?;
+    let mult: u64 = match t[digits..].trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "bad size {s:?}: unknown unit {other:?} (use B, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("bad size {s:?}: too large"))
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Size(n)),
+            Raw::Str(s) => parse_size(&s).map(Size).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// The whole gateway configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +158,12 @@ pub struct Config {
     pub routes: Vec<Route>,
     #[serde(default, rename = "pool")]
     pub pools: BTreeMap<String, PoolConfig>,
+    /// TLS termination on `listen.addr` (absent = plain HTTP).
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Request rate limits (local, optionally shared through Redis).
+    #[serde(default)]
+    pub rate_limit: crate::limits::RateLimitConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,10 +176,21 @@ pub struct Listen {
     /// How long in-flight requests, streams and tunnels may run after
     /// SIGTERM/SIGINT before they are cut.
     pub shutdown_timeout: Dur,
-    /// Time allowed for a client to send a request's headers.
+    /// Time allowed for a client to send a request's headers, counted from
+    /// the connection's start or the request's first byte (slowloris).
     pub header_read_timeout: Dur,
-    /// Value of X-Forwarded-Proto sent upstream ("http" until TLS lands).
-    pub forwarded_proto: String,
+    /// Value of X-Forwarded-Proto sent upstream (default: "https" with
+    /// `[tls]`, "http" without).
+    pub forwarded_proto: Option<String>,
+    /// A client connection with no request in progress is closed after
+    /// this long ("0" = never).
+    pub keepalive_timeout: Dur,
+    /// Largest request body accepted (413 beyond; 0 = no limit).
+    pub max_body_size: Size,
+    /// Largest request head (request line + headers) accepted (431 beyond).
+    pub max_header_size: Size,
+    /// Open connections allowed per client address (0 = no limit).
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for Listen {
@@ -138,8 +199,12 @@ impl Default for Listen {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             workers: 0,
             shutdown_timeout: Dur::secs(30),
-            header_read_timeout: Dur::secs(30),
-            forwarded_proto: "http".into(),
+            header_read_timeout: Dur::secs(10),
+            forwarded_proto: None,
+            keepalive_timeout: Dur::secs(75),
+            max_body_size: Size(10 << 20),
+            max_header_size: Size(32 << 10),
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -544,6 +609,8 @@ impl Config {
                 pool: "default".into(),
             }],
             pools: BTreeMap::from([("default".to_string(), pool)]),
+            tls: None,
+            rate_limit: Default::default(),
         };
         cfg.validate(file)?;
         Ok(cfg)
@@ -564,14 +631,30 @@ impl Config {
                 "at least one [[route]] is required (e.g. prefix = \"/\")".into(),
             );
         }
-        if self.listen.forwarded_proto.is_empty()
-            || http::HeaderValue::from_str(&self.listen.forwarded_proto).is_err()
+        if self
+            .listen
+            .forwarded_proto
+            .as_deref()
+            .is_some_and(|p| p.is_empty() || http::HeaderValue::from_str(p).is_err())
         {
             return bad(
                 "listen.forwarded_proto".into(),
                 "must be a non-empty header value".into(),
             );
         }
+        if self.listen.max_header_size.0 < 1024 || self.listen.max_header_size.0 > (1 << 20) {
+            return bad(
+                "listen.max_header_size".into(),
+                format!(
+                    "{} is out of range 1KiB..=1MiB",
+                    self.listen.max_header_size.0
+                ),
+            );
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate(file)?;
+        }
+        self.rate_limit.validate(file)?;
         let mut prefixes = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             if !r.prefix.starts_with('/') {
@@ -702,6 +785,19 @@ mod tests {
         assert!(parse_duration("5 sec").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("512B").unwrap(), 512);
+        assert_eq!(parse_size("32KiB").unwrap(), 32 << 10);
+        assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_size("10MB").is_err());
+        assert!(parse_size("KiB").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
     }
 
     #[test]

@@ -8,7 +8,11 @@
 //!   (consistent hashing with bounded loads), p2c (peak EWMA);
 //! - [`health`]: active health checks (passive health lives on `Server`);
 //! - `proxy`: the request path (route, pick, forward, retry, stream back);
-//! - `body`: streamed bodies with idle/total timeouts; `tunnel`: WebSocket.
+//! - `body`: streamed bodies with idle/total timeouts; `tunnel`: WebSocket;
+//! - `conn`: one client connection (limit_conn, TLS, h1/h2, header-read and
+//!   keep-alive timeouts); [`tls`]: rustls termination, SNI, reload, the
+//!   HTTP→HTTPS redirect; [`limits`]: rate limits (local / Redis) and
+//!   connection limits; [`hygiene`]: what a request must look like.
 //!
 //! ```no_run
 //! # async fn f(cfg: ragfleet_gateway::config::Config) -> Result<(), ragfleet_gateway::Error> {
@@ -25,9 +29,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,9 +36,13 @@ use tokio_util::task::TaskTracker;
 pub mod balance;
 mod body;
 pub mod config;
+mod conn;
 pub mod health;
+pub mod hygiene;
+pub mod limits;
 pub mod pool;
 mod proxy;
+pub mod tls;
 mod tunnel;
 
 pub use config::Config;
@@ -52,6 +57,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Routes and pools in force. Swapped whole on reload; pools keep their
@@ -100,6 +107,8 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     /// Cancelled when the shutdown deadline passes: cut what is left.
     pub(crate) hard_stop: CancellationToken,
+    /// TLS, limits, hygiene settings and their counters.
+    pub(crate) edge: conn::Edge,
 }
 
 /// A bound, not yet serving gateway.
@@ -108,6 +117,8 @@ pub struct Gateway {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
     config: Config,
+    /// The plain-HTTP → HTTPS redirect listener (`[tls.redirect]`).
+    redirect: Option<TcpListener>,
 }
 
 /// A cheap handle to a gateway's live state.
@@ -120,6 +131,26 @@ impl GatewayHandle {
     /// A pool by name, as currently in force.
     pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
         self.shared.runtime.load().pool(name).cloned()
+    }
+
+    /// TLS termination (certificate reload, handshake counters), if `[tls]`.
+    pub fn tls(&self) -> Option<Arc<tls::TlsTerminator>> {
+        self.shared.edge.tls.clone()
+    }
+
+    /// Rate limiter counters: `rate_limited()`, `redis_fallback_active()`.
+    pub fn rate_limiter(&self) -> Arc<limits::RateLimiter> {
+        self.shared.edge.rate_limiter.clone()
+    }
+
+    /// Connection limiter counters: `refused()`.
+    pub fn conn_limiter(&self) -> Arc<limits::ConnLimiter> {
+        self.shared.edge.conn_limiter.clone()
+    }
+
+    /// Requests and connections refused by the hygiene rules and timeouts.
+    pub fn hygiene(&self) -> Arc<hygiene::HygieneCounters> {
+        self.shared.edge.counters.clone()
     }
 }
 
@@ -134,24 +165,58 @@ impl Gateway {
         let local_addr = listener
             .local_addr()
             .map_err(|source| Error::Bind { addr, source })?;
-        let forwarded_proto = HeaderValue::from_str(&config.listen.forwarded_proto)
-            .unwrap_or_else(|_| HeaderValue::from_static("http"));
+        let tls = match &config.tls {
+            Some(t) => Some(Arc::new(tls::TlsTerminator::new(t)?)),
+            None => None,
+        };
+        let redirect = match config.tls.as_ref().and_then(|t| t.redirect.as_ref()) {
+            Some(r) => Some(
+                TcpListener::bind(r.addr)
+                    .await
+                    .map_err(|source| Error::Bind {
+                        addr: r.addr,
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let default_proto = if tls.is_some() { "https" } else { "http" };
+        let forwarded_proto =
+            HeaderValue::from_str(config.listen.forwarded_proto.as_deref().unwrap_or(default_proto))
+                .unwrap_or_else(|_| HeaderValue::from_static("http"));
+        let edge = conn::Edge {
+            tls,
+            rate_limiter: limits::RateLimiter::new(&config.rate_limit).await,
+            conn_limiter: limits::ConnLimiter::new(config.listen.max_connections_per_ip),
+            counters: Default::default(),
+            max_body_size: config.listen.max_body_size.0,
+            max_header_size: usize::try_from(config.listen.max_header_size.0).unwrap_or(usize::MAX),
+            header_read_timeout: config.listen.header_read_timeout.0,
+            keepalive_timeout: config.listen.keepalive_timeout.0,
+        };
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime::new(&config)),
             forwarded_proto,
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
+            edge,
         });
         Ok(Gateway {
             listener,
             local_addr,
             shared,
             config,
+            redirect,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Address of the HTTP→HTTPS redirect listener, if configured.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn handle(&self) -> GatewayHandle {
@@ -168,7 +233,8 @@ impl Gateway {
             listener,
             shared,
             config,
-            ..
+            redirect,
+            local_addr,
         } = self;
         let stop_accepting = CancellationToken::new();
         let health_stop = CancellationToken::new();
@@ -177,7 +243,22 @@ impl Gateway {
                 tokio::spawn(health::run(pool.clone(), h, health_stop.clone()));
             }
         }
-        let header_read_timeout = config.listen.header_read_timeout.0;
+        if let (Some(l), Some(r)) = (
+            redirect,
+            config.tls.as_ref().and_then(|t| t.redirect.as_ref()),
+        ) {
+            let status =
+                http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::PERMANENT_REDIRECT);
+            let port = r.https_port.unwrap_or(local_addr.port());
+            shared.tracker.spawn(tls::run_redirect(
+                l,
+                status,
+                port,
+                config.listen.header_read_timeout.0,
+                stop_accepting.clone(),
+                shared.tracker.clone(),
+            ));
+        }
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -193,34 +274,7 @@ impl Gateway {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let shared2 = shared.clone();
-                    let stop = stop_accepting.clone();
-                    let hard_stop = shared.hard_stop.clone();
-                    shared.tracker.spawn(async move {
-                        let svc = service_fn(move |req| proxy::handle(shared2.clone(), peer, req));
-                        let mut builder = http1::Builder::new();
-                        builder.timer(TokioTimer::new()).keep_alive(true);
-                        if !header_read_timeout.is_zero() {
-                            builder.header_read_timeout(header_read_timeout);
-                        }
-                        let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
-                        tokio::pin!(conn);
-                        tokio::select! {
-                            r = conn.as_mut() => {
-                                if let Err(e) = r {
-                                    tracing::debug!(%peer, "connection ended: {e}");
-                                }
-                                return;
-                            }
-                            _ = stop.cancelled() => {}
-                        }
-                        // Shutting down: finish the request in progress, then close.
-                        conn.as_mut().graceful_shutdown();
-                        tokio::select! {
-                            _ = conn.as_mut() => {}
-                            _ = hard_stop.cancelled() => {}
-                        }
-                    });
+                    shared.tracker.spawn(conn::serve(shared.clone(), stream, peer, stop_accepting.clone()));
                 }
             }
         }

@@ -131,19 +131,40 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    let rt = shared.runtime.load_full();
-    let Some(pool) = rt.route(req.uri().path()) else {
-        let msg = format!("no route for {}", req.uri().path());
-        return Ok(json_error(StatusCode::NOT_FOUND, "no_route", &msg));
-    };
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if valid_request_id(v) => v.clone(),
         _ => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
     };
-    let mut res = proxy(&shared, pool, peer, req, request_id.clone()).await;
+    // Hygiene and rate limits first: routes match the normalised path.
+    let mut res = match crate::hygiene::admit(&shared, peer, req).await {
+        Ok(req) => {
+            let rt = shared.runtime.load_full();
+            match rt.route(req.uri().path()) {
+                Some(pool) => proxy(&shared, pool, peer, req, request_id.clone()).await,
+                None => {
+                    let msg = format!("no route for {}", req.uri().path());
+                    json_error(StatusCode::NOT_FOUND, "no_route", &msg)
+                }
+            }
+        }
+        Err(res) => res,
+    };
     res.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     Ok(res)
+}
+
+/// Whether a failed upstream request failed because the client's body
+/// went over `listen.max_body_size` (not the upstream's fault).
+fn body_limit_hit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 async fn proxy(
@@ -219,7 +240,13 @@ async fn proxy(
                     )
                 }
             },
-            _ => (None, Some(incoming)),
+            _ => {
+                let max = usize::try_from(shared.edge.max_body_size)
+                    .ok()
+                    .filter(|&m| m > 0)
+                    .unwrap_or(usize::MAX);
+                (None, Some(http_body_util::Limited::new(incoming, max)))
+            }
         }
     };
     let replayable = body_bytes.is_some();
@@ -321,6 +348,9 @@ async fn proxy(
                 return finish(res, guard);
             }
             Ok(Err(e)) => {
+                if body_limit_hit(&e) {
+                    return crate::hygiene::too_large(shared, shared.edge.max_body_size);
+                }
                 let msg = error_chain(&e);
                 if e.is_connect() {
                     (FailKind::Connect, AttemptError::Connect(msg))

@@ -1,0 +1,464 @@
+//! One client connection: the connection limit, TLS (ALPN h2 or
+//! http/1.1), the hyper server connection, and the connection timeouts
+//! hyper does not keep the way the gateway wants them:
+//!
+//! - `header_read_timeout` (slowloris): the first request head must be
+//!   complete within it of the connection's start, every later head within
+//!   it of its first byte; otherwise the connection is dropped;
+//! - `keepalive_timeout`: a connection with no request in progress (and no
+//!   response still streaming) is closed after it.
+//!
+//! hyper's own header timer also runs while a keep-alive connection is idle,
+//! which would make the two one; so it is off and the timers live here.
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, STRICT_TRANSPORT_SECURITY};
+use http::Request;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{BoxError, ProxyBody};
+use crate::hygiene::{HeadFlags, HeadSniffer, HygieneCounters, SniffEvent};
+use crate::limits::{ConnGuard, ConnLimiter, RateLimiter};
+use crate::pool::now_nanos;
+use crate::tls::TlsTerminator;
+use crate::Shared;
+
+/// The edge settings and state shared by every connection.
+#[derive(Debug)]
+pub(crate) struct Edge {
+    pub(crate) tls: Option<Arc<TlsTerminator>>,
+    pub(crate) rate_limiter: Arc<RateLimiter>,
+    pub(crate) conn_limiter: Arc<ConnLimiter>,
+    pub(crate) counters: Arc<HygieneCounters>,
+    /// 0 = no limit.
+    pub(crate) max_body_size: u64,
+    pub(crate) max_header_size: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) keepalive_timeout: Duration,
+}
+
+/// Live state of one connection, shared by its I/O, its service and its
+/// timer.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    refused: bool,
+    inflight: AtomicU32,
+    requests: AtomicU64,
+    /// When the head being read got its first byte (0 = none pending).
+    head_started: AtomicU64,
+    /// When the last request finished (or the connection started).
+    idle_since: AtomicU64,
+    close: AtomicBool,
+    wake: Notify,
+    heads: Mutex<VecDeque<HeadFlags>>,
+}
+
+impl ConnState {
+    fn new(refused: bool) -> ConnState {
+        ConnState {
+            refused,
+            inflight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
+            idle_since: AtomicU64::new(now_nanos()),
+            close: AtomicBool::new(false),
+            wake: Notify::new(),
+            heads: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+/// Per-request view of its connection (a request extension).
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo(Arc<ConnState>);
+
+impl ConnInfo {
+    /// The connection is over `max_connections_per_ip`.
+    pub(crate) fn refused(&self) -> bool {
+        self.0.refused
+    }
+
+    /// Whether this request's head had both Content-Length and
+    /// Transfer-Encoding (HTTP/1 only; heads are taken in order).
+    pub(crate) fn take_cl_te_conflict(&self) -> bool {
+        self.0
+            .heads
+            .lock()
+            .ok()
+            .and_then(|mut q| q.pop_front())
+            .is_some_and(|f| f.cl_te_conflict)
+    }
+
+    /// Close the connection once the response in progress is sent.
+    pub(crate) fn close_after_response(&self) {
+        self.0.close.store(true, Relaxed);
+        self.0.wake.notify_one();
+    }
+}
+
+/// Counts a request in flight from its head until its response body is
+/// done (or dropped).
+struct RequestGuard(Arc<ConnState>);
+
+impl RequestGuard {
+    fn begin(state: &Arc<ConnState>) -> RequestGuard {
+        state.inflight.fetch_add(1, Relaxed);
+        state.requests.fetch_add(1, Relaxed);
+        RequestGuard(state.clone())
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Relaxed) == 1 {
+            self.0.idle_since.store(now_nanos(), Relaxed);
+            self.0.wake.notify_one();
+        }
+    }
+}
+
+/// The response body as sent to the client: the proxy's, plus the guard.
+pub(crate) struct ConnBody {
+    inner: ProxyBody,
+    _req: RequestGuard,
+}
+
+impl Body for ConnBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The client's byte stream, watched: HTTP/1 heads are followed by the
+/// sniffer (head start times, Content-Length/Transfer-Encoding conflicts).
+/// Holds the connection-limit slot for as long as the bytes flow, WebSocket
+/// tunnels included.
+struct Watched<T> {
+    inner: T,
+    state: Arc<ConnState>,
+    sniffer: Option<HeadSniffer>,
+    _slot: Option<ConnGuard>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Some(s) = &mut this.sniffer {
+            let new = &buf.filled()[before..];
+            if !new.is_empty() && !s.is_off() {
+                let state = &this.state;
+                s.feed(new, &mut |ev| match ev {
+                    SniffEvent::HeadStarted => {
+                        state.head_started.store(now_nanos(), Relaxed);
+                        state.wake.notify_one();
+                    }
+                    SniffEvent::HeadDone(f) => {
+                        state.head_started.store(0, Relaxed);
+                        if let Ok(mut q) = state.heads.lock() {
+                            q.push_back(f);
+                        }
+                    }
+                });
+            }
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Serve one accepted TCP connection until it ends, the gateway stops
+/// (graceful: the request in progress finishes) or a timeout closes it.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
+    let (slot, refused) = match shared.edge.conn_limiter.acquire(peer.ip()) {
+        Ok(slot) => (slot, false),
+        Err(()) => {
+            tracing::debug!(%peer, "over max_connections_per_ip: answering 503");
+            (None, true)
+        }
+    };
+    let state = Arc::new(ConnState::new(refused));
+    match shared.edge.tls.clone() {
+        None => {
+            let io = watched(stream, &state, &shared, slot, true);
+            serve_h1(shared, io, peer, state, None, stop).await
+        }
+        Some(tls) => {
+            let hard_stop = shared.hard_stop.clone();
+            let accepted = tokio::select! {
+                r = tls.accept(stream, peer) => r,
+                _ = hard_stop.cancelled() => None,
+            };
+            let Some((stream, h2)) = accepted else {
+                return;
+            };
+            let hsts = tls.hsts();
+            // A fresh start for the header timer: the handshake had its own.
+            state.idle_since.store(now_nanos(), Relaxed);
+            if h2 {
+                let io = watched(stream, &state, &shared, slot, false);
+                serve_h2(shared, io, peer, state, hsts, stop).await
+            } else {
+                let io = watched(stream, &state, &shared, slot, true);
+                serve_h1(shared, io, peer, state, hsts, stop).await
+            }
+        }
+    }
+}
+
+fn watched<T>(
+    inner: T,
+    state: &Arc<ConnState>,
+    shared: &Shared,
+    slot: Option<ConnGuard>,
+    h1: bool,
+) -> Watched<T> {
+    Watched {
+        inner,
+        state: state.clone(),
+        sniffer: h1.then(|| HeadSniffer::new(shared.edge.max_header_size)),
+        _slot: slot,
+    }
+}
+
+type Svc = Box<
+    dyn Fn(
+            Request<Incoming>,
+        ) -> Pin<Box<dyn Future<Output = Result<http::Response<ConnBody>, Infallible>> + Send>>
+        + Send
+        + Sync,
+>;
+
+fn service(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    hsts: Option<HeaderValue>,
+) -> Svc {
+    Box::new(move |mut req: Request<Incoming>| {
+        let shared = shared.clone();
+        let state = state.clone();
+        let hsts = hsts.clone();
+        Box::pin(async move {
+            let guard = RequestGuard::begin(&state);
+            req.extensions_mut().insert(ConnInfo(state));
+            let Ok(mut res) = crate::proxy::handle(shared, peer, req).await;
+            if let Some(h) = hsts {
+                res.headers_mut().insert(STRICT_TRANSPORT_SECURITY, h);
+            }
+            Ok(res.map(|inner| ConnBody {
+                inner,
+                _req: guard,
+            }))
+        })
+    })
+}
+
+async fn serve_h1<T>(
+    shared: Arc<Shared>,
+    io: Watched<T>,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    hsts: Option<HeaderValue>,
+    stop: CancellationToken,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service(shared.clone(), peer, state.clone(), hsts);
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_header_size(shared.edge.max_header_size);
+    let conn = b
+        .serve_connection(TokioIo::new(io), service_fn(svc))
+        .with_upgrades();
+    drive(conn, |c| c.graceful_shutdown(), &shared, &state, peer, stop, true).await
+}
+
+async fn serve_h2<T>(
+    shared: Arc<Shared>,
+    io: Watched<T>,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    hsts: Option<HeaderValue>,
+    stop: CancellationToken,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service(shared.clone(), peer, state.clone(), hsts);
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(shared.edge.max_header_size).unwrap_or(u32::MAX));
+    let conn = b.serve_connection(TokioIo::new(io), service_fn(svc));
+    drive(conn, |c| c.graceful_shutdown(), &shared, &state, peer, stop, false).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    Header,
+    Idle,
+}
+
+/// The next connection deadline, if any (in `now_nanos` time).
+fn next_deadline(state: &ConnState, edge: &Edge, started: u64, h1: bool) -> Option<(u64, Deadline)> {
+    if state.inflight.load(Relaxed) > 0 {
+        return None;
+    }
+    let header = edge.header_read_timeout.as_nanos() as u64;
+    if header > 0 {
+        if state.requests.load(Relaxed) == 0 {
+            return Some((started.saturating_add(header), Deadline::Header));
+        }
+        let hs = state.head_started.load(Relaxed);
+        if h1 && hs != 0 {
+            return Some((hs.saturating_add(header), Deadline::Header));
+        }
+    }
+    let idle = edge.keepalive_timeout.as_nanos() as u64;
+    (idle > 0).then(|| {
+        (
+            state.idle_since.load(Relaxed).saturating_add(idle),
+            Deadline::Idle,
+        )
+    })
+}
+
+async fn drive<C, E>(
+    conn: C,
+    shutdown: impl Fn(Pin<&mut C>),
+    shared: &Shared,
+    state: &ConnState,
+    peer: SocketAddr,
+    stop: CancellationToken,
+    h1: bool,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let edge = &shared.edge;
+    let started = now_nanos();
+    let mut closing = false;
+    loop {
+        let deadline = if closing {
+            None
+        } else {
+            next_deadline(state, edge, started, h1)
+        };
+        let sleep_for = deadline.map_or(Duration::from_secs(3600), |(t, _)| {
+            Duration::from_nanos(t.saturating_sub(now_nanos()))
+        });
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+                return;
+            }
+            _ = state.wake.notified() => {
+                if state.close.load(Relaxed) && !closing {
+                    closing = true;
+                    shutdown(conn.as_mut());
+                }
+            }
+            _ = tokio::time::sleep(sleep_for) => {
+                let Some((t, kind)) = next_deadline(state, edge, started, h1) else { continue };
+                if closing || now_nanos() < t {
+                    continue;
+                }
+                match kind {
+                    Deadline::Header => {
+                        edge.counters.header_timeouts.fetch_add(1, Relaxed);
+                        tracing::debug!(%peer, "no complete request head within header_read_timeout: closing");
+                        return;
+                    }
+                    Deadline::Idle => {
+                        edge.counters.idle_closed.fetch_add(1, Relaxed);
+                        tracing::debug!(%peer, "keep-alive connection idle: closing");
+                        shutdown(conn.as_mut());
+                        let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+                        return;
+                    }
+                }
+            }
+            _ = shared.hard_stop.cancelled() => return,
+            _ = stop.cancelled(), if !closing => {
+                // Shutting down: finish the request in progress, then close.
+                shutdown(conn.as_mut());
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = shared.hard_stop.cancelled() => {}
+                }
+                return;
+            }
+        }
+    }
+}

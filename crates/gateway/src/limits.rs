@@ -1,0 +1,704 @@
+//! Request rate limits (as nginx `limit_req ... nodelay`) and connection
+//! limits per client address (as `limit_conn`).
+//!
+//! Rate limits are GCRA: a rule `rate = "10r/s", burst = 20` lets a client
+//! send 21 requests at once and then one every 100 ms; a request over the
+//! limit gets 429 with `Retry-After`. Each rule is checked locally (governor,
+//! one state per key) or, with `redis_url`, in Redis by one Lua script for
+//! all the rules a request meets (atomic, all-or-nothing, Redis's clock), so
+//! several gateways enforce one limit together. If Redis cannot answer in
+//! `redis_timeout`, the gateway falls back to its local limiter, logs it once,
+//! shows it in [`RateLimiter::redis_fallback_active`], probes Redis every
+//! `redis_retry_interval` and goes back to the shared limit when it answers.
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use http::header::HeaderName;
+use http::HeaderMap;
+use serde::{Deserialize, Deserializer};
+
+use crate::config::{ConfigError, Dur};
+
+/// `[rate_limit]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// `[[rate_limit.rule]]`: every rule a request meets must allow it.
+    #[serde(rename = "rule")]
+    pub rules: Vec<RateRule>,
+    /// Share the limits through this Redis (e.g. "redis://127.0.0.1:6379/0").
+    pub redis_url: Option<String>,
+    /// Prefix of the Redis keys.
+    pub redis_prefix: String,
+    /// A Redis answer slower than this counts as Redis being down.
+    pub redis_timeout: Dur,
+    /// While on the local fallback, how often Redis is probed.
+    pub redis_retry_interval: Dur,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            rules: Vec::new(),
+            redis_url: None,
+            redis_prefix: "ragfleet:rl:".into(),
+            redis_timeout: Dur::millis(100),
+            redis_retry_interval: Dur::secs(1),
+        }
+    }
+}
+
+/// One `[[rate_limit.rule]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateRule {
+    /// Name in logs, error bodies and Redis keys (default "ruleN").
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What a limit is kept per: "client_ip" or "header:NAME".
+    pub key: RateKey,
+    /// Sustained rate: "10r/s", "600r/m", "100r/h".
+    pub rate: Rate,
+    /// Requests allowed at once beyond the rate (nginx's `burst`).
+    #[serde(default)]
+    pub burst: u32,
+    /// Only requests whose (normalised) path starts with this.
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+/// Where a rule's key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    ClientIp,
+    /// A request without the header is not counted by this rule.
+    Header(HeaderName),
+}
+
+impl std::str::FromStr for RateKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "client_ip" {
+            return Ok(RateKey::ClientIp);
+        }
+        match s.split_once(':') {
+            Some(("header", name)) if !name.is_empty() => HeaderName::from_bytes(name.as_bytes())
+                .map(RateKey::Header)
+                .map_err(|_| format!("bad key {s:?}: invalid header name")),
+            _ => Err(format!(
+                "bad key {s:?} (write \"client_ip\" or \"header:NAME\")"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RateKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A rate: `n` requests per unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Time between two requests at the sustained rate.
+    pub fn interval(&self) -> Duration {
+        self.per / self.count
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("bad rate {s:?} (write e.g. \"10r/s\", \"600r/m\" or \"100r/h\")");
+        let (n, unit) = s.trim().split_once("r/").ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 {
+            return Err(format!("bad rate {s:?}: must be at least 1"));
+        }
+        let per = match unit {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if count > 1_000_000 || (per / count).is_zero() {
+            return Err(format!("bad rate {s:?}: too high"));
+        }
+        Ok(Rate { count, per })
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl RateLimitConfig {
+    pub(crate) fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let bad = |key: String, message: String| {
+            Err(ConfigError::Invalid {
+                file: file.to_string(),
+                key,
+                message,
+            })
+        };
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let name = rule_name(r, i);
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return bad(
+                    format!("rate_limit.rule[{i}].name"),
+                    format!("{name:?} must be letters, digits, '-', '_' or '.'"),
+                );
+            }
+            if !names.insert(name.clone()) {
+                return bad(
+                    format!("rate_limit.rule[{i}].name"),
+                    format!("{name:?} is used twice"),
+                );
+            }
+            if r.burst > 1_000_000 {
+                return bad(
+                    format!("rate_limit.rule[{i}].burst"),
+                    format!("{} is out of range 0..=1000000", r.burst),
+                );
+            }
+            if let Some(p) = &r.prefix {
+                if !p.starts_with('/') {
+                    return bad(
+                        format!("rate_limit.rule[{i}].prefix"),
+                        format!("{p:?} must start with '/'"),
+                    );
+                }
+            }
+        }
+        if let Some(url) = &self.redis_url {
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                return bad("rate_limit.redis_url".into(), format!("{url:?}: {e}"));
+            }
+        }
+        if self.redis_timeout.0.is_zero() {
+            return bad("rate_limit.redis_timeout".into(), "must be > 0".into());
+        }
+        if self.redis_retry_interval.0.is_zero() {
+            return bad("rate_limit.redis_retry_interval".into(), "must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+fn rule_name(r: &RateRule, i: usize) -> String {
+    r.name.clone().unwrap_or_else(|| format!("rule{i}"))
+}
+
+/// A request over a limit.
+#[derive(Debug, Clone)]
+pub struct Denied {
+    /// The rule that refused it (the one with the longest wait).
+    pub rule: String,
+    /// When the request would have been allowed.
+    pub retry_after: Duration,
+}
+
+struct Rule {
+    name: String,
+    key: RateKey,
+    prefix: Option<String>,
+    /// GCRA emission interval and burst tolerance, in microseconds.
+    interval_us: u64,
+    tolerance_us: u64,
+    local: DefaultKeyedRateLimiter<String>,
+}
+
+/// The rate limiter of a gateway: rules, local state, optional Redis.
+pub struct RateLimiter {
+    rules: Vec<Rule>,
+    redis: Option<Arc<RedisShared>>,
+    clock: DefaultClock,
+    limited: AtomicU64,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("rules", &self.rules.len())
+            .field("limited", &self.rate_limited())
+            .field("redis_fallback_active", &self.redis_fallback_active())
+            .finish()
+    }
+}
+
+/// GCRA over every key of a request in one atomic step, on Redis's clock.
+/// KEYS: one per rule; ARGV: interval and tolerance (µs) per rule. Returns
+/// {0, 0} when allowed (and then every key is updated), or {wait µs, index}
+/// of the rule with the longest wait (and nothing is updated).
+const GCRA_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local wait, worst = 0, 0
+local tats = {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+  if tat < now then tat = now end
+  local allow_at = tat - tolerance
+  if now < allow_at and allow_at - now > wait then
+    wait = allow_at - now
+    worst = i
+  end
+  tats[i] = tat + interval
+end
+if wait > 0 then return {wait, worst} end
+for i = 1, #KEYS do
+  local ttl = math.ceil((tats[i] - now) / 1000) + 1000
+  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
+end
+return {0, 0}
+"#;
+
+struct RedisShared {
+    client: redis::Client,
+    conn: Mutex<Option<redis::aio::ConnectionManager>>,
+    script: redis::Script,
+    prefix: String,
+    timeout: Duration,
+    retry_interval: Duration,
+    fallback: AtomicBool,
+    errors: AtomicU64,
+    fallbacks: AtomicU64,
+}
+
+impl RedisShared {
+    fn manager_config(&self) -> redis::aio::ConnectionManagerConfig {
+        redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(self.retry_interval)
+    }
+
+    /// The connection manager, created on first use.
+    async fn conn(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
+        let existing = self.conn.lock().ok().and_then(|c| c.clone());
+        if let Some(c) = existing {
+            return Ok(c);
+        }
+        let c = redis::aio::ConnectionManager::new_with_config(
+            self.client.clone(),
+            self.manager_config(),
+        )
+        .await?;
+        if let Ok(mut slot) = self.conn.lock() {
+            *slot = Some(c.clone());
+        }
+        Ok(c)
+    }
+
+    async fn ping(&self) -> Result<(), String> {
+        let fut = async {
+            let mut c = self.conn().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        };
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    /// Switch to the local limiter (once per outage) and start probing.
+    fn enter_fallback(self: &Arc<Self>, why: &str) {
+        self.errors.fetch_add(1, Relaxed);
+        if self
+            .fallback
+            .compare_exchange(false, true, Relaxed, Relaxed)
+            .is_ok()
+        {
+            self.fallbacks.fetch_add(1, Relaxed);
+            tracing::warn!(
+                "rate limit: Redis unreachable ({why}); enforcing limits locally until it answers again"
+            );
+            let weak = Arc::downgrade(self);
+            tokio::spawn(probe(weak));
+        }
+    }
+}
+
+/// While in fallback: ping Redis every `retry_interval`; leave fallback when
+/// it answers. Ends when the limiter is dropped.
+async fn probe(weak: Weak<RedisShared>) {
+    loop {
+        let interval = match weak.upgrade() {
+            Some(r) => r.retry_interval,
+            None => return,
+        };
+        tokio::time::sleep(interval).await;
+        let Some(r) = weak.upgrade() else { return };
+        match r.ping().await {
+            Ok(()) => {
+                r.fallback.store(false, Relaxed);
+                tracing::warn!("rate limit: Redis answers again; shared limits restored");
+                return;
+            }
+            Err(e) => tracing::debug!("rate limit: Redis still unreachable: {e}"),
+        }
+    }
+}
+
+/// Drop idle keys from the local limiters now and then.
+async fn sweep(weak: Weak<RateLimiter>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let Some(l) = weak.upgrade() else { return };
+        for r in &l.rules {
+            r.local.retain_recent();
+            r.local.shrink_to_fit();
+        }
+    }
+}
+
+impl RateLimiter {
+    /// Build the limiter; with Redis configured, connect (bounded by
+    /// `redis_timeout`) — if that fails, start on the local fallback.
+    pub async fn new(cfg: &RateLimitConfig) -> Arc<RateLimiter> {
+        let rules = cfg
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let interval = r.rate.interval();
+                let capacity = NonZeroU32::new(r.burst.saturating_add(1)).unwrap_or(NonZeroU32::MIN);
+                let quota = Quota::with_period(interval)
+                    .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                    .allow_burst(capacity);
+                let interval_us = interval.as_micros().max(1) as u64;
+                Rule {
+                    name: rule_name(r, i),
+                    key: r.key.clone(),
+                    prefix: r.prefix.clone(),
+                    interval_us,
+                    tolerance_us: interval_us.saturating_mul(r.burst as u64),
+                    local: governor::RateLimiter::keyed(quota),
+                }
+            })
+            .collect::<Vec<_>>();
+        let redis = match (&cfg.redis_url, rules.is_empty()) {
+            (Some(url), false) => match redis::Client::open(url.as_str()) {
+                Ok(client) => Some(Arc::new(RedisShared {
+                    client,
+                    conn: Mutex::new(None),
+                    script: redis::Script::new(GCRA_LUA),
+                    prefix: cfg.redis_prefix.clone(),
+                    timeout: cfg.redis_timeout.0,
+                    retry_interval: cfg.redis_retry_interval.0,
+                    fallback: AtomicBool::new(false),
+                    errors: AtomicU64::new(0),
+                    fallbacks: AtomicU64::new(0),
+                })),
+                Err(e) => {
+                    tracing::warn!("rate limit: bad redis_url {url:?}: {e}; limits are local");
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some(r) = &redis {
+            match r.ping().await {
+                Ok(()) => tracing::info!("rate limit: shared through Redis"),
+                Err(e) => r.enter_fallback(&e),
+            }
+        }
+        let limiter = Arc::new(RateLimiter {
+            rules,
+            redis,
+            clock: DefaultClock::default(),
+            limited: AtomicU64::new(0),
+        });
+        if !limiter.rules.is_empty() {
+            tokio::spawn(sweep(Arc::downgrade(&limiter)));
+        }
+        limiter
+    }
+
+    /// Requests refused with 429 so far.
+    pub fn rate_limited(&self) -> u64 {
+        self.limited.load(Relaxed)
+    }
+
+    /// True while Redis is configured but unreachable and limits are
+    /// enforced by this instance alone.
+    pub fn redis_fallback_active(&self) -> bool {
+        self.redis
+            .as_ref()
+            .is_some_and(|r| r.fallback.load(Relaxed))
+    }
+
+    /// Redis calls that failed or timed out.
+    pub fn redis_errors(&self) -> u64 {
+        self.redis.as_ref().map_or(0, |r| r.errors.load(Relaxed))
+    }
+
+    /// Times the limiter switched to the local fallback.
+    pub fn redis_fallbacks(&self) -> u64 {
+        self.redis.as_ref().map_or(0, |r| r.fallbacks.load(Relaxed))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Check (and count) a request against every rule it meets.
+    pub(crate) async fn check(
+        &self,
+        client: IpAddr,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(), Denied> {
+        if self.rules.is_empty() {
+            return Ok(());
+        }
+        let mut hits: Vec<(&Rule, String)> = Vec::new();
+        for r in &self.rules {
+            if r.prefix.as_deref().is_some_and(|p| !path.starts_with(p)) {
+                continue;
+            }
+            let key = match &r.key {
+                RateKey::ClientIp => client.to_string(),
+                RateKey::Header(h) => match headers.get(h) {
+                    // Keys are hashed: API keys never reach Redis in clear.
+                    Some(v) => format!("h{:016x}", crate::balance::hash64(&[v.as_bytes()])),
+                    None => continue,
+                },
+            };
+            hits.push((r, key));
+        }
+        if hits.is_empty() {
+            return Ok(());
+        }
+        let verdict = match &self.redis {
+            Some(redis) if !redis.fallback.load(Relaxed) => {
+                match self.check_redis(redis, &hits).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        redis.enter_fallback(&e);
+                        self.check_local(&hits)
+                    }
+                }
+            }
+            _ => self.check_local(&hits),
+        };
+        if verdict.is_err() {
+            self.limited.fetch_add(1, Relaxed);
+        }
+        verdict
+    }
+
+    fn check_local(&self, hits: &[(&Rule, String)]) -> Result<(), Denied> {
+        let mut worst: Option<Denied> = None;
+        for (r, key) in hits {
+            if let Err(not_until) = r.local.check_key(key) {
+                let wait = not_until.wait_time_from(self.clock.now());
+                if worst.as_ref().is_none_or(|w| wait > w.retry_after) {
+                    worst = Some(Denied {
+                        rule: r.name.clone(),
+                        retry_after: wait,
+                    });
+                }
+            }
+        }
+        worst.map_or(Ok(()), Err)
+    }
+
+    async fn check_redis(
+        &self,
+        redis: &Arc<RedisShared>,
+        hits: &[(&Rule, String)],
+    ) -> Result<Result<(), Denied>, String> {
+        let mut inv = redis.script.prepare_invoke();
+        for (r, key) in hits {
+            inv.key(format!("{}{}:{}", redis.prefix, r.name, key));
+            inv.arg(r.interval_us).arg(r.tolerance_us);
+        }
+        let fut = async {
+            let mut c = redis.conn().await?;
+            inv.invoke_async::<(i64, i64)>(&mut c).await
+        };
+        let (wait_us, idx) = match tokio::time::timeout(redis.timeout, fut).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no answer within {:?}", redis.timeout)),
+        };
+        if wait_us <= 0 {
+            return Ok(Ok(()));
+        }
+        let rule = usize::try_from(idx - 1)
+            .ok()
+            .and_then(|i| hits.get(i))
+            .map_or_else(String::new, |(r, _)| r.name.clone());
+        Ok(Err(Denied {
+            rule,
+            retry_after: Duration::from_micros(wait_us as u64),
+        }))
+    }
+}
+
+/// Open connections per client address (`listen.max_connections_per_ip`).
+#[derive(Debug)]
+pub struct ConnLimiter {
+    max: u32,
+    open: Mutex<HashMap<IpAddr, u32>>,
+    refused: AtomicU64,
+}
+
+/// Held for the life of a connection (WebSocket tunnel included).
+#[derive(Debug)]
+pub(crate) struct ConnGuard {
+    limiter: Arc<ConnLimiter>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.limiter.open.lock() {
+            if let Some(n) = open.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+impl ConnLimiter {
+    pub fn new(max: u32) -> Arc<ConnLimiter> {
+        Arc::new(ConnLimiter {
+            max,
+            open: Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// A slot for a new connection from `ip`; `Err(())` if it has too many
+    /// (counted in [`ConnLimiter::refused`]). `Ok(None)` when unlimited.
+    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Option<ConnGuard>, ()> {
+        if self.max == 0 {
+            return Ok(None);
+        }
+        let Ok(mut open) = self.open.lock() else {
+            return Ok(None);
+        };
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            drop(open);
+            self.refused.fetch_add(1, Relaxed);
+            return Err(());
+        }
+        *n += 1;
+        Ok(Some(ConnGuard {
+            limiter: self.clone(),
+            ip,
+        }))
+    }
+
+    /// Connections refused because their address had too many open.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Relaxed)
+    }
+
+    /// Connections currently open from `ip` (0 when unlimited: not tracked).
+    pub fn open_from(&self, ip: IpAddr) -> u32 {
+        self.open
+            .lock()
+            .ok()
+            .and_then(|o| o.get(&ip).copied())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        let r: Rate = "10r/s".parse().unwrap();
+        assert_eq!(r.interval(), Duration::from_millis(100));
+        let r: Rate = "600r/m".parse().unwrap();
+        assert_eq!(r.interval(), Duration::from_millis(100));
+        let r: Rate = "2r/h".parse().unwrap();
+        assert_eq!(r.interval(), Duration::from_secs(1800));
+        assert!("0r/s".parse::<Rate>().is_err());
+        assert!("10/s".parse::<Rate>().is_err());
+        assert!("10r/d".parse::<Rate>().is_err());
+        assert!("xr/s".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!("client_ip".parse::<RateKey>().unwrap(), RateKey::ClientIp);
+        assert_eq!(
+            "header:X-Api-Key".parse::<RateKey>().unwrap(),
+            RateKey::Header(HeaderName::from_static("x-api-key"))
+        );
+        assert!("header:".parse::<RateKey>().is_err());
+        assert!("cookie:a".parse::<RateKey>().is_err());
+    }
+
+    #[test]
+    fn conn_limit_counts_and_releases() {
+        let l = ConnLimiter::new(2);
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let a = l.acquire(ip).unwrap();
+        let b = l.acquire(ip).unwrap();
+        assert!(l.acquire(ip).is_err());
+        assert_eq!(l.refused(), 1);
+        assert_eq!(l.open_from(ip), 2);
+        drop(a);
+        let c = l.acquire(ip).unwrap();
+        drop((b, c));
+        assert_eq!(l.open_from(ip), 0);
+    }
+
+    #[tokio::test]
+    async fn local_gcra_burst_then_wait() {
+        let cfg: RateLimitConfig = toml::from_str(
+            "[[rule]]\nkey = \"client_ip\"\nrate = \"1r/m\"\nburst = 2\n",
+        )
+        .unwrap();
+        let l = RateLimiter::new(&cfg).await;
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let h = HeaderMap::new();
+        for _ in 0..3 {
+            assert!(l.check(ip, "/", &h).await.is_ok());
+        }
+        let d = l.check(ip, "/", &h).await.unwrap_err();
+        assert_eq!(d.rule, "rule0");
+        assert!(d.retry_after > Duration::from_secs(50) && d.retry_after <= Duration::from_secs(60));
+        // Another key has its own budget.
+        assert!(l.check("10.0.0.2".parse().unwrap(), "/", &h).await.is_ok());
+        assert_eq!(l.rate_limited(), 1);
+    }
+}
