@@ -116,6 +116,14 @@ pub(crate) async fn admit(
             ));
         }
     }
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(bad(
+            shared,
+            info,
+            "bad_host",
+            "more than one Host header",
+        ));
+    }
     if req.method() == Method::CONNECT {
         return Err(bad(
             shared,

@@ -402,3 +402,21 @@ pub fn pool_config(servers: &[(&Upstream, u32, bool)], policy: &str, extra: &str
 }
 
 pub type Pinned<T> = Pin<Box<T>>;
+
+impl TestGateway {
+    /// Wrap a gateway started by the test itself (e.g. to read its
+    /// redirect address before it runs).
+    pub fn from_parts(
+        addr: SocketAddr,
+        handle: GatewayHandle,
+        shutdown: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<Result<(), ragfleet_gateway::Error>>,
+    ) -> TestGateway {
+        TestGateway {
+            addr,
+            handle,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+}
