@@ -113,7 +113,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     if digits == 0 {
-        return Err(format!("bad size {s:?} (write e.g. 4096, \"32KiB\" or \"10MiB\")"));
+        return Err(format!(
+            "bad size {s:?} (write e.g. 4096, \"32KiB\" or \"10MiB\")"
+        ));
     }
     let n: u64 = t[..digits]
         .parse()

@@ -291,7 +291,8 @@ fn watched<T>(
 type Svc = Box<
     dyn Fn(
             Request<Incoming>,
-        ) -> Pin<Box<dyn Future<Output = Result<http::Response<ConnBody>, Infallible>> + Send>>
+        )
+            -> Pin<Box<dyn Future<Output = Result<http::Response<ConnBody>, Infallible>> + Send>>
         + Send
         + Sync,
 >;
@@ -313,10 +314,7 @@ fn service(
             if let Some(h) = hsts {
                 res.headers_mut().insert(STRICT_TRANSPORT_SECURITY, h);
             }
-            Ok(res.map(|inner| ConnBody {
-                inner,
-                _req: guard,
-            }))
+            Ok(res.map(|inner| ConnBody { inner, _req: guard }))
         })
     })
 }
@@ -340,7 +338,16 @@ async fn serve_h1<T>(
     let conn = b
         .serve_connection(TokioIo::new(io), service_fn(svc))
         .with_upgrades();
-    drive(conn, |c| c.graceful_shutdown(), &shared, &state, peer, stop, true).await
+    drive(
+        conn,
+        |c| c.graceful_shutdown(),
+        &shared,
+        &state,
+        peer,
+        stop,
+        true,
+    )
+    .await
 }
 
 async fn serve_h2<T>(
@@ -358,7 +365,16 @@ async fn serve_h2<T>(
     b.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(shared.edge.max_header_size).unwrap_or(u32::MAX));
     let conn = b.serve_connection(TokioIo::new(io), service_fn(svc));
-    drive(conn, |c| c.graceful_shutdown(), &shared, &state, peer, stop, false).await
+    drive(
+        conn,
+        |c| c.graceful_shutdown(),
+        &shared,
+        &state,
+        peer,
+        stop,
+        false,
+    )
+    .await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,7 +384,12 @@ enum Deadline {
 }
 
 /// The next connection deadline, if any (in `now_nanos` time).
-fn next_deadline(state: &ConnState, edge: &Edge, started: u64, h1: bool) -> Option<(u64, Deadline)> {
+fn next_deadline(
+    state: &ConnState,
+    edge: &Edge,
+    started: u64,
+    h1: bool,
+) -> Option<(u64, Deadline)> {
     if state.inflight.load(Relaxed) > 0 {
         return None;
     }

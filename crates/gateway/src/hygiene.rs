@@ -117,12 +117,7 @@ pub(crate) async fn admit(
         }
     }
     if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
-        return Err(bad(
-            shared,
-            info,
-            "bad_host",
-            "more than one Host header",
-        ));
+        return Err(bad(shared, info, "bad_host", "more than one Host header"));
     }
     if req.method() == Method::CONNECT {
         return Err(bad(
@@ -190,10 +185,7 @@ pub(crate) async fn admit(
         let mut res = json_error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            &format!(
-                "rate limit {:?} exceeded; retry after {secs} s",
-                d.rule
-            ),
+            &format!("rate limit {:?} exceeded; retry after {secs} s", d.rule),
         );
         res.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -229,9 +221,7 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, &'static str> {
         && !raw.contains("//")
         && !b.windows(2).enumerate().any(|(i, w)| {
             // A segment that is "." or "..".
-            w[0] == b'/'
-                && w[1] == b'.'
-                && matches!(b.get(i + 2), None | Some(b'/') | Some(b'.'))
+            w[0] == b'/' && w[1] == b'.' && matches!(b.get(i + 2), None | Some(b'/') | Some(b'.'))
         });
     if clean {
         return Ok(Cow::Borrowed(raw));
@@ -366,7 +356,9 @@ impl HeadSniffer {
                         ev(SniffEvent::HeadStarted);
                     }
                     let start = self.head.len().saturating_sub(3);
-                    let take = data.len().min(self.max_head + 1 - self.head.len().min(self.max_head));
+                    let take = data
+                        .len()
+                        .min(self.max_head + 1 - self.head.len().min(self.max_head));
                     self.head.extend_from_slice(&data[..take]);
                     match find(&self.head[start..], b"\r\n\r\n") {
                         Some(pos) => {
@@ -589,7 +581,9 @@ GET /w HTTP/1.1\r\nHost: a\r\n\r\n";
 
     #[test]
     fn sniffer_turns_off_on_upgrade_and_garbage() {
-        let (_, off) = sniff_all(&[b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x85"]);
+        let (_, off) = sniff_all(&[
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x85",
+        ]);
         assert!(off);
         let (_, off) = sniff_all(&[b"GET / HTTP/1.1\r\n bad fold\r\n\r\n"]);
         assert!(off);

@@ -181,9 +181,14 @@ impl Gateway {
             None => None,
         };
         let default_proto = if tls.is_some() { "https" } else { "http" };
-        let forwarded_proto =
-            HeaderValue::from_str(config.listen.forwarded_proto.as_deref().unwrap_or(default_proto))
-                .unwrap_or_else(|_| HeaderValue::from_static("http"));
+        let forwarded_proto = HeaderValue::from_str(
+            config
+                .listen
+                .forwarded_proto
+                .as_deref()
+                .unwrap_or(default_proto),
+        )
+        .unwrap_or_else(|_| HeaderValue::from_static("http"));
         let edge = conn::Edge {
             tls,
             rate_limiter: limits::RateLimiter::new(&config.rate_limit).await,
@@ -247,8 +252,8 @@ impl Gateway {
             redirect,
             config.tls.as_ref().and_then(|t| t.redirect.as_ref()),
         ) {
-            let status =
-                http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::PERMANENT_REDIRECT);
+            let status = http::StatusCode::from_u16(r.status)
+                .unwrap_or(http::StatusCode::PERMANENT_REDIRECT);
             let port = r.https_port.unwrap_or(local_addr.port());
             shared.tracker.spawn(tls::run_redirect(
                 l,

@@ -202,7 +202,10 @@ impl RateLimitConfig {
             return bad("rate_limit.redis_timeout".into(), "must be > 0".into());
         }
         if self.redis_retry_interval.0.is_zero() {
-            return bad("rate_limit.redis_retry_interval".into(), "must be > 0".into());
+            return bad(
+                "rate_limit.redis_retry_interval".into(),
+                "must be > 0".into(),
+            );
         }
         Ok(())
     }
@@ -389,7 +392,8 @@ impl RateLimiter {
             .enumerate()
             .map(|(i, r)| {
                 let interval = r.rate.interval();
-                let capacity = NonZeroU32::new(r.burst.saturating_add(1)).unwrap_or(NonZeroU32::MIN);
+                let capacity =
+                    NonZeroU32::new(r.burst.saturating_add(1)).unwrap_or(NonZeroU32::MIN);
                 let quota = Quota::with_period(interval)
                     .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
                     .allow_burst(capacity);
@@ -684,10 +688,8 @@ mod tests {
 
     #[tokio::test]
     async fn local_gcra_burst_then_wait() {
-        let cfg: RateLimitConfig = toml::from_str(
-            "[[rule]]\nkey = \"client_ip\"\nrate = \"1r/m\"\nburst = 2\n",
-        )
-        .unwrap();
+        let cfg: RateLimitConfig =
+            toml::from_str("[[rule]]\nkey = \"client_ip\"\nrate = \"1r/m\"\nburst = 2\n").unwrap();
         let l = RateLimiter::new(&cfg).await;
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let h = HeaderMap::new();
@@ -696,7 +698,9 @@ mod tests {
         }
         let d = l.check(ip, "/", &h).await.unwrap_err();
         assert_eq!(d.rule, "rule0");
-        assert!(d.retry_after > Duration::from_secs(50) && d.retry_after <= Duration::from_secs(60));
+        assert!(
+            d.retry_after > Duration::from_secs(50) && d.retry_after <= Duration::from_secs(60)
+        );
         // Another key has its own budget.
         assert!(l.check("10.0.0.2".parse().unwrap(), "/", &h).await.is_ok());
         assert_eq!(l.rate_limited(), 1);

@@ -191,9 +191,9 @@ fn normalize_name(n: &str) -> Option<String> {
     let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
     let base = n.strip_prefix("*.").unwrap_or(&n);
     let ok = !base.is_empty()
-        && base.split('.').all(|l| {
-            !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
+        && base
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
     ok.then_some(n)
 }
 
@@ -557,7 +557,10 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(normalize_name("Example.COM.").as_deref(), Some("example.com"));
+        assert_eq!(
+            normalize_name("Example.COM.").as_deref(),
+            Some("example.com")
+        );
         assert_eq!(normalize_name("*.a.b").as_deref(), Some("*.a.b"));
         assert!(normalize_name("a..b").is_none());
         assert!(normalize_name("a b").is_none());

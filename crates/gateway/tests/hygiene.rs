@@ -129,7 +129,11 @@ async fn normalised_path_is_what_the_upstream_gets() {
         b"GET /api/../%2e/echo-headers HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert_eq!(status(&r), 404, "normalised to /echo-headers: not routed: {r}");
+    assert_eq!(
+        status(&r),
+        404,
+        "normalised to /echo-headers: not routed: {r}"
+    );
     // The upstream saw the clean path (its echo handler matched exactly).
     let up2 = Upstream::start("up2").await;
     let gw2 = TestGateway::start(&pool_config(&[(&up2, 1, false)], "round_robin", "")).await;
@@ -139,7 +143,10 @@ async fn normalised_path_is_what_the_upstream_gets() {
     )
     .await;
     assert_eq!(status(&r), 200, "{r}");
-    assert!(r.contains("\"x-forwarded-for\""), "echo handler reached: {r}");
+    assert!(
+        r.contains("\"x-forwarded-for\""),
+        "echo handler reached: {r}"
+    );
 }
 
 #[tokio::test]
@@ -215,7 +222,11 @@ async fn cl_te_conflict_is_caught_on_a_keep_alive_connection() {
 #[tokio::test]
 async fn slowloris_is_cut_at_header_read_timeout() {
     let up = Upstream::start("up").await;
-    let gw = gateway(&up, "header_read_timeout = \"1s\"\nkeepalive_timeout = \"10s\"").await;
+    let gw = gateway(
+        &up,
+        "header_read_timeout = \"1s\"\nkeepalive_timeout = \"10s\"",
+    )
+    .await;
 
     // A head trickling in one byte every 200 ms never completes in time.
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
@@ -247,7 +258,10 @@ async fn slowloris_is_cut_at_header_read_timeout() {
     // A connection that sends nothing at all is cut too.
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut [0u8; 8])).await;
-    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "silent connection left open");
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "silent connection left open"
+    );
     assert_eq!(up.hits(), 0);
     still_serves(&gw).await;
 }
@@ -255,7 +269,11 @@ async fn slowloris_is_cut_at_header_read_timeout() {
 #[tokio::test]
 async fn keep_alive_idle_is_separate_from_the_header_timeout() {
     let up = Upstream::start("up").await;
-    let gw = gateway(&up, "header_read_timeout = \"500ms\"\nkeepalive_timeout = \"2s\"").await;
+    let gw = gateway(
+        &up,
+        "header_read_timeout = \"500ms\"\nkeepalive_timeout = \"2s\"",
+    )
+    .await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     let req = b"GET /api/x HTTP/1.1\r\nHost: t\r\n\r\n";
     let mut buf = vec![0u8; 4096];
@@ -278,7 +296,10 @@ async fn keep_alive_idle_is_separate_from_the_header_timeout() {
         .unwrap_or(0);
     assert_eq!(n, 0);
     let idle = idle_from.elapsed();
-    assert!(idle >= Duration::from_millis(1500), "closed too early: {idle:?}");
+    assert!(
+        idle >= Duration::from_millis(1500),
+        "closed too early: {idle:?}"
+    );
     assert!(gw.handle.hygiene().idle_closed() >= 1);
     assert_eq!(up.hits(), 2);
 }

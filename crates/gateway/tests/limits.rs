@@ -62,9 +62,13 @@ prefix = "/api/"
     assert_eq!(get_h(&gw, "/other/../api/x", &[]).await.status, 429);
     // Another client address has its own budget.
     let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
-    let res = send_from(Some(other), gw.addr, request("GET", gw.addr, "/api/x", &[], ""))
-        .await
-        .unwrap();
+    let res = send_from(
+        Some(other),
+        gw.addr,
+        request("GET", gw.addr, "/api/x", &[], ""),
+    )
+    .await
+    .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(gw.handle.rate_limiter().rate_limited(), 2);
     assert_eq!(up.hits(), 5);

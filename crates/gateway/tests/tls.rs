@@ -181,7 +181,11 @@ async fn h1_and_h2_with_sni_hsts_and_forwarded_proto() {
             );
             let seen: serde_json::Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
             assert_eq!(seen["x-forwarded-proto"], "https");
-            assert_eq!(seen["host"], format!("{host}:{port}"), "Host from :authority / Host");
+            assert_eq!(
+                seen["host"],
+                format!("{host}:{port}"),
+                "Host from :authority / Host"
+            );
         }
     }
     // An unknown name gets the default certificate, which the client rejects
@@ -308,7 +312,11 @@ async fn cert_reload_serves_new_cert_and_keeps_existing_h2_connection() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(peer_cert(&res), a2.der, "a new handshake gets the new certificate");
+    assert_eq!(
+        peer_cert(&res),
+        a2.der,
+        "a new handshake gets the new certificate"
+    );
 
     // The old connection keeps streaming, and takes new requests.
     up.state.sse_ack.send_replace(1);
@@ -363,17 +371,17 @@ async fn websocket_over_tls_uses_http1() {
         .connect("a.test".try_into().unwrap(), tcp)
         .await
         .unwrap();
-    let (mut ws, res) = tokio_tungstenite::client_async(
-        format!("wss://a.test:{}/ws", gw.addr.port()),
-        tls,
-    )
-    .await
-    .expect("websocket handshake through the TLS gateway");
+    let (mut ws, res) =
+        tokio_tungstenite::client_async(format!("wss://a.test:{}/ws", gw.addr.port()), tls)
+            .await
+            .expect("websocket handshake through the TLS gateway");
     assert_eq!(res.status(), 101);
     for i in 0..3 {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(format!("hi {i}")))
-            .await
-            .unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(format!(
+            "hi {i}"
+        )))
+        .await
+        .unwrap();
         let m = ws.next().await.unwrap().unwrap();
         assert_eq!(m.into_text().unwrap().as_str(), format!("hi {i}"));
     }
@@ -391,10 +399,8 @@ async fn ws_echo_upstream() -> SocketAddr {
                     return;
                 };
                 while let Some(Ok(m)) = ws.next().await {
-                    if m.is_text() || m.is_binary() {
-                        if ws.send(m).await.is_err() {
-                            return;
-                        }
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
                     }
                 }
             });
@@ -409,16 +415,16 @@ async fn garbage_and_stalled_handshakes_are_counted_and_closed() {
     let pki = Pki::new();
     let a = pki.leaf("a", &["a.test", "127.0.0.1"]);
     let b = pki.leaf("b", &["b.test"]);
-    let toml = tls_config(up.addr, &a, &b, "").replace(
-        "[tls]\n",
-        "[tls]\nhandshake_timeout = \"500ms\"\n",
-    );
+    let toml = tls_config(up.addr, &a, &b, "")
+        .replace("[tls]\n", "[tls]\nhandshake_timeout = \"500ms\"\n");
     let (gw, _) = start(&toml).await;
     let tls = gw.handle.tls().unwrap();
 
     // Plain HTTP to the TLS port.
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"));
@@ -455,7 +461,10 @@ async fn bad_tls_config_is_refused_naming_the_file() {
     let err = ragfleet_gateway::Config::parse(&base(&a.cert, &other.key), "t.toml")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("tls.certificate[0]") && err.contains("other.key"), "{err}");
+    assert!(
+        err.contains("tls.certificate[0]") && err.contains("other.key"),
+        "{err}"
+    );
     // Missing file.
     let missing = pki.dir.path().join("missing.crt");
     let err = ragfleet_gateway::Config::parse(&base(&missing, &a.key), "t.toml")
