@@ -2,8 +2,10 @@
 # Gateway benchmark (not a test): the same wrk load (keep-alive, small
 # responses) against the backend directly, through ragfleet, nginx and
 # haproxy, all in one run on this machine, with the same worker count.
-# Then (unless QUICK=1) per-event added latency over many concurrent SSE
-# streams and resident memory per open WebSocket tunnel, ragfleet vs nginx.
+# Then the same load over HTTPS (TLS terminated by ragfleet and by nginx, same
+# certificate made here with openssl), and (unless QUICK=1) per-event added
+# latency over many concurrent SSE streams and resident memory per open
+# WebSocket tunnel, ragfleet vs nginx.
 #
 #   bench/gateway/run.sh            # defaults below
 #   WORKERS=2 DURATION=15s CONNS=100 SSE_STREAMS=1000 WS_TUNNELS=1000 bench/gateway/run.sh
@@ -24,7 +26,7 @@ HAPROXY="${HAPROXY:-/usr/sbin/haproxy}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 ulimit -n 65536 2>/dev/null || ulimit -n 16384 2>/dev/null || true
 
-for tool in wrk "$NGINX" "$HAPROXY"; do
+for tool in wrk "$NGINX" "$HAPROXY" openssl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk nginx haproxy)" >&2; exit 1; }
 done
 
@@ -48,6 +50,8 @@ BACKEND=127.0.0.1:18081
 P_RAGFLEET=127.0.0.1:18080
 P_NGINX=127.0.0.1:18082
 P_HAPROXY=127.0.0.1:18083
+P_RAGFLEET_TLS=127.0.0.1:18084
+P_NGINX_TLS=127.0.0.1:18085
 SSE_BACKEND=127.0.0.1:18091
 WS_BACKEND=127.0.0.1:18092
 
@@ -70,6 +74,11 @@ http {
 CONF
 "$NGINX" -p "$tmp/backend" -c "$tmp/backend/nginx.conf" -e "$tmp/backend/error.log" &
 pids+=($!)
+
+# --- one certificate for both TLS terminators (P-256, like most sites) -----------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -keyout "$tmp/tls.key" -out "$tmp/tls.crt" -subj /CN=localhost \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
 
 # --- ragfleet -------------------------------------------------------------------
 cat > "$tmp/ragfleet.toml" <<CONF
@@ -105,6 +114,28 @@ RUST_LOG=warn "$RAGFLEET" gateway --config "$tmp/ragfleet.toml" &
 ragfleet_pid=$!
 pids+=($ragfleet_pid)
 
+# ragfleet terminating TLS (HTTP/1.1 for wrk; h2 offered by ALPN as well)
+cat > "$tmp/ragfleet-tls.toml" <<CONF
+[listen]
+addr = "$P_RAGFLEET_TLS"
+workers = $WORKERS
+
+[tls]
+[[tls.certificate]]
+cert = "$tmp/tls.crt"
+key = "$tmp/tls.key"
+
+[[route]]
+prefix = "/"
+pool = "backend"
+
+[pool.backend]
+policy = "round_robin"
+servers = [{ addr = "$BACKEND" }]
+CONF
+RUST_LOG=warn "$RAGFLEET" gateway --config "$tmp/ragfleet-tls.toml" &
+pids+=($!)
+
 # --- nginx as the proxy, configured like ragfleet ---------------------------------
 cat > "$tmp/nginx/nginx.conf" <<CONF
 worker_processes $WORKERS;
@@ -133,6 +164,14 @@ http {
     location / { proxy_pass http://backend; proxy_set_header Connection ""; }
     location /sse { proxy_pass http://sse; proxy_set_header Connection ""; proxy_buffering off; proxy_read_timeout 60s; }
     location /ws { proxy_pass http://ws; proxy_set_header Upgrade \$http_upgrade; proxy_set_header Connection \$connection_upgrade; proxy_read_timeout 600s; }
+  }
+  server {
+    listen $P_NGINX_TLS ssl reuseport backlog=4096;
+    ssl_certificate $tmp/tls.crt;
+    ssl_certificate_key $tmp/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    location / { proxy_pass http://backend; proxy_set_header Connection ""; }
   }
 }
 CONF
@@ -171,17 +210,17 @@ wait_port() {
   done
   echo "nothing listening on $1" >&2; exit 1
 }
-for p in $BACKEND $P_RAGFLEET $P_NGINX $P_HAPROXY; do wait_port "$p"; done
+for p in $BACKEND $P_RAGFLEET $P_NGINX $P_HAPROXY $P_RAGFLEET_TLS $P_NGINX_TLS; do wait_port "$p"; done
 
 # Convert wrk's "1.23ms" / "456.00us" / "1.01s" into milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN{ n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
 
 declare -A RPS P50 P99
 run_wrk() {
-  local name=$1 addr=$2
-  wrk -t"$THREADS" -c"$CONNS" -d2s "http://$addr/" >/dev/null 2>&1 || true   # warm-up
+  local name=$1 addr=$2 scheme=${3:-http}
+  wrk -t"$THREADS" -c"$CONNS" -d2s "$scheme://$addr/" >/dev/null 2>&1 || true   # warm-up
   local out
-  out="$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "http://$addr/")"
+  out="$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$scheme://$addr/")"
   local errs
   errs="$(echo "$out" | grep -E 'Non-2xx|Socket errors' || true)"
   [ -n "$errs" ] && echo "  $name: $errs" >&2
@@ -202,6 +241,19 @@ for n in direct ragfleet nginx haproxy; do
 done
 awk -v r="${RPS[ragfleet]}" -v h="${RPS[haproxy]}" -v d="${RPS[direct]}" \
   'BEGIN{ printf "ragfleet vs haproxy: %.2fx req/s; ragfleet vs direct: %.2fx req/s\n", r/h, r/d }'
+
+
+echo
+echo "== HTTPS (same certificate, TLS terminated by the proxy), HTTP/1.1 keep-alive: wrk -t$THREADS -c$CONNS -d$DURATION =="
+run_wrk ragfleet-tls "$P_RAGFLEET_TLS" https
+run_wrk nginx-tls "$P_NGINX_TLS" https
+printf "%-12s %12s %10s %10s %14s %14s\n" target "req/s" "p50 ms" "p99 ms" "rps vs nginx" "p99 vs nginx"
+for n in ragfleet-tls nginx-tls; do
+  awk -v n="$n" -v r="${RPS[$n]}" -v a="${P50[$n]}" -v b="${P99[$n]}" -v nr="${RPS[nginx-tls]}" -v nb="${P99[nginx-tls]}" \
+    'BEGIN{ printf "%-12s %12.0f %10.3f %10.3f %13.2fx %13.2fx\n", n, r, a, b, r/nr, b/nb }'
+done
+awk -v t="${RPS[ragfleet-tls]}" -v p="${RPS[ragfleet]}" -v nt="${RPS[nginx-tls]}" -v np="${RPS[nginx]}" \
+  'BEGIN{ printf "TLS cost: ragfleet keeps %.0f%% of its plain req/s, nginx %.0f%%\n", 100*t/p, 100*nt/np }'
 
 [ "${QUICK:-0}" = 1 ] && exit 0
 

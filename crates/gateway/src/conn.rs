@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, STRICT_TRANSPORT_SECURITY};
+use http::header::{HeaderValue, CONNECTION, STRICT_TRANSPORT_SECURITY};
 use http::Request;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -302,6 +302,7 @@ fn service(
     peer: SocketAddr,
     state: Arc<ConnState>,
     hsts: Option<HeaderValue>,
+    h2: bool,
 ) -> Svc {
     Box::new(move |mut req: Request<Incoming>| {
         let shared = shared.clone();
@@ -313,6 +314,11 @@ fn service(
             let Ok(mut res) = crate::proxy::handle(shared, peer, req).await;
             if let Some(h) = hsts {
                 res.headers_mut().insert(STRICT_TRANSPORT_SECURITY, h);
+            }
+            if h2 {
+                // Connection-specific: not allowed in HTTP/2 (closing is
+                // done with GOAWAY by the connection driver).
+                res.headers_mut().remove(CONNECTION);
             }
             Ok(res.map(|inner| ConnBody { inner, _req: guard }))
         })
@@ -329,7 +335,7 @@ async fn serve_h1<T>(
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service(shared.clone(), peer, state.clone(), hsts);
+    let svc = service(shared.clone(), peer, state.clone(), hsts, false);
     let mut b = http1::Builder::new();
     b.timer(TokioTimer::new())
         .keep_alive(true)
@@ -360,7 +366,7 @@ async fn serve_h2<T>(
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service(shared.clone(), peer, state.clone(), hsts);
+    let svc = service(shared.clone(), peer, state.clone(), hsts, true);
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(shared.edge.max_header_size).unwrap_or(u32::MAX));

@@ -62,6 +62,8 @@ impl HygieneCounters {
     }
 }
 
+/// Close the connection after this response. Only HTTP/1 needs it (the
+/// framing of what follows cannot be trusted); an h2 stream is independent.
 fn close(mut res: Response<ProxyBody>, info: Option<&ConnInfo>) -> Response<ProxyBody> {
     res.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -95,9 +97,8 @@ pub(crate) async fn admit(
     peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Request<Incoming>, Response<ProxyBody>> {
-    let info = req.extensions().get::<ConnInfo>().cloned();
-    let info = info.as_ref();
-    if let Some(i) = info {
+    let conn = req.extensions().get::<ConnInfo>().cloned();
+    if let Some(i) = &conn {
         if i.refused() {
             shared.edge.counters.conn_limited.fetch_add(1, Relaxed);
             let res = json_error(
@@ -105,8 +106,12 @@ pub(crate) async fn admit(
                 "too_many_connections",
                 "too many open connections from this address (listen.max_connections_per_ip)",
             );
-            return Err(close(res, info));
+            return Err(close(res, Some(i)));
         }
+    }
+    // What follows a bad HTTP/1 request on its connection cannot be trusted.
+    let info = conn.as_ref().filter(|_| req.version() != Version::HTTP_2);
+    if let Some(i) = info {
         if i.take_cl_te_conflict() {
             return Err(bad(
                 shared,

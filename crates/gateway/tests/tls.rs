@@ -480,3 +480,91 @@ async fn bad_tls_config_is_refused_naming_the_file() {
     .to_string();
     assert!(err.contains("http3"), "{err}");
 }
+
+#[tokio::test]
+async fn the_tls_example_config_is_valid() {
+    let pki = Pki::new();
+    pki.leaf("chat.example.com", &["chat.example.com"]);
+    pki.leaf("wildcard.api.example.com", &["*.api.example.com"]);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/gateway-tls.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "/etc/ragfleet/tls/",
+        &format!("{}/", pki.dir.path().display()),
+    );
+    let cfg = ragfleet_gateway::Config::parse(&text, "gateway-tls.toml").expect("example parses");
+    let tls = cfg.tls.as_ref().unwrap();
+    assert_eq!(tls.certificates.len(), 2);
+    assert_eq!(tls.redirect.as_ref().unwrap().status, 308);
+    assert_eq!(cfg.rate_limit.rules.len(), 2);
+    assert_eq!(cfg.listen.max_connections_per_ip, 256);
+}
+
+#[tokio::test]
+async fn h2_requests_get_the_same_limits() {
+    let up = Upstream::start("up").await;
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test", "127.0.0.1"]);
+    let b = pki.leaf("b", &["b.test"]);
+    let toml = tls_config(up.addr, &a, &b, "max_body_size = \"1KiB\"")
+        + "\n[[rate_limit.rule]]\nkey = \"header:X-Api-Key\"\nrate = \"1r/m\"\nburst = 1\n";
+    let (gw, _) = start(&toml).await;
+    let port = gw.addr.port();
+    let c = client(&pki, gw.addr, false);
+    let url = format!("https://a.test:{port}/echo-body");
+
+    // Within the limit, streamed (no Content-Length): echoed back over h2.
+    let chunks = vec![Ok::<_, std::io::Error>(bytes::Bytes::from("x".repeat(600)))];
+    let res = c
+        .post(&url)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap().len(), 600);
+
+    // Declared too large.
+    let res = c.post(&url).body("y".repeat(2000)).send().await.unwrap();
+    assert_eq!(res.status(), 413);
+    assert!(!res.headers().contains_key("connection"));
+
+    // Streamed past the limit.
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..4)
+        .map(|_| Ok(bytes::Bytes::from("z".repeat(512))))
+        .collect();
+    let res = c
+        .post(&url)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert!(res.text().await.unwrap().contains("body_too_large"));
+
+    // Rate limit, h2: burst 1 → 2 then 429.
+    for want in [200, 200, 429] {
+        let res = c
+            .get(format!("https://a.test:{port}/x"))
+            .header("x-api-key", "k")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), want);
+        if want == 429 {
+            assert!(res.headers().contains_key("retry-after"));
+        }
+    }
+    // Still serving h2 after all that.
+    let res = c
+        .get(format!("https://a.test:{port}/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(gw.handle.hygiene().body_too_large(), 2);
+}
