@@ -45,7 +45,8 @@ use crate::Shared;
 #[derive(Debug)]
 pub(crate) struct Edge {
     pub(crate) tls: Option<Arc<TlsTerminator>>,
-    pub(crate) rate_limiter: Arc<RateLimiter>,
+    /// Swapped whole when the rules change (reload).
+    pub(crate) rate_limiter: arc_swap::ArcSwap<RateLimiter>,
     pub(crate) conn_limiter: Arc<ConnLimiter>,
     pub(crate) counters: Arc<HygieneCounters>,
     /// 0 = no limit.

@@ -179,9 +179,8 @@ pub(crate) async fn admit(
             return Err(too_large(shared, max));
         }
     }
-    if let Err(d) = shared
-        .edge
-        .rate_limiter
+    let limiter = shared.edge.rate_limiter.load_full();
+    if let Err(d) = limiter
         .check(peer.ip(), req.uri().path(), req.headers())
         .await
     {

@@ -140,7 +140,16 @@ impl GatewayHandle {
 
     /// Rate limiter counters: `rate_limited()`, `redis_fallback_active()`.
     pub fn rate_limiter(&self) -> Arc<limits::RateLimiter> {
-        self.shared.edge.rate_limiter.clone()
+        self.shared.edge.rate_limiter.load_full()
+    }
+
+    /// Put new rate-limit rules in force (a reload; the config is assumed
+    /// validated). Counters carry over; requests in progress finish on the
+    /// old limiter.
+    pub async fn set_rate_limits(&self, cfg: &limits::RateLimitConfig) {
+        let old = self.shared.edge.rate_limiter.load_full();
+        let new = limits::RateLimiter::replacing(cfg, &old).await;
+        self.shared.edge.rate_limiter.store(new);
     }
 
     /// Connection limiter counters: `refused()`.
@@ -191,7 +200,7 @@ impl Gateway {
         .unwrap_or_else(|_| HeaderValue::from_static("http"));
         let edge = conn::Edge {
             tls,
-            rate_limiter: limits::RateLimiter::new(&config.rate_limit).await,
+            rate_limiter: ArcSwap::new(limits::RateLimiter::new(&config.rate_limit).await),
             conn_limiter: limits::ConnLimiter::new(config.listen.max_connections_per_ip),
             counters: Default::default(),
             max_body_size: config.listen.max_body_size.0,

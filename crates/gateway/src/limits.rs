@@ -234,12 +234,20 @@ struct Rule {
     local: DefaultKeyedRateLimiter<String>,
 }
 
+/// Counters that outlive a limiter replaced on reload.
+#[derive(Debug, Default)]
+struct Stats {
+    limited: AtomicU64,
+    redis_errors: AtomicU64,
+    redis_fallbacks: AtomicU64,
+}
+
 /// The rate limiter of a gateway: rules, local state, optional Redis.
 pub struct RateLimiter {
     rules: Vec<Rule>,
     redis: Option<Arc<RedisShared>>,
     clock: DefaultClock,
-    limited: AtomicU64,
+    stats: Arc<Stats>,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -289,8 +297,7 @@ struct RedisShared {
     timeout: Duration,
     retry_interval: Duration,
     fallback: AtomicBool,
-    errors: AtomicU64,
-    fallbacks: AtomicU64,
+    stats: Arc<Stats>,
 }
 
 impl RedisShared {
@@ -333,13 +340,13 @@ impl RedisShared {
 
     /// Switch to the local limiter (once per outage) and start probing.
     fn enter_fallback(self: &Arc<Self>, why: &str) {
-        self.errors.fetch_add(1, Relaxed);
+        self.stats.redis_errors.fetch_add(1, Relaxed);
         if self
             .fallback
             .compare_exchange(false, true, Relaxed, Relaxed)
             .is_ok()
         {
-            self.fallbacks.fetch_add(1, Relaxed);
+            self.stats.redis_fallbacks.fetch_add(1, Relaxed);
             tracing::warn!(
                 "rate limit: Redis unreachable ({why}); enforcing limits locally until it answers again"
             );
@@ -386,6 +393,16 @@ impl RateLimiter {
     /// Build the limiter; with Redis configured, connect (bounded by
     /// `redis_timeout`) — if that fails, start on the local fallback.
     pub async fn new(cfg: &RateLimitConfig) -> Arc<RateLimiter> {
+        Self::with_stats(cfg, Arc::default()).await
+    }
+
+    /// A limiter for a new configuration that keeps `old`'s counters (a
+    /// reload). Local state starts afresh; shared state stays in Redis.
+    pub async fn replacing(cfg: &RateLimitConfig, old: &RateLimiter) -> Arc<RateLimiter> {
+        Self::with_stats(cfg, old.stats.clone()).await
+    }
+
+    async fn with_stats(cfg: &RateLimitConfig, stats: Arc<Stats>) -> Arc<RateLimiter> {
         let rules = cfg
             .rules
             .iter()
@@ -418,8 +435,7 @@ impl RateLimiter {
                     timeout: cfg.redis_timeout.0,
                     retry_interval: cfg.redis_retry_interval.0,
                     fallback: AtomicBool::new(false),
-                    errors: AtomicU64::new(0),
-                    fallbacks: AtomicU64::new(0),
+                    stats: stats.clone(),
                 })),
                 Err(e) => {
                     tracing::warn!("rate limit: bad redis_url {url:?}: {e}; limits are local");
@@ -438,7 +454,7 @@ impl RateLimiter {
             rules,
             redis,
             clock: DefaultClock::default(),
-            limited: AtomicU64::new(0),
+            stats,
         });
         if !limiter.rules.is_empty() {
             tokio::spawn(sweep(Arc::downgrade(&limiter)));
@@ -448,7 +464,7 @@ impl RateLimiter {
 
     /// Requests refused with 429 so far.
     pub fn rate_limited(&self) -> u64 {
-        self.limited.load(Relaxed)
+        self.stats.limited.load(Relaxed)
     }
 
     /// True while Redis is configured but unreachable and limits are
@@ -461,12 +477,12 @@ impl RateLimiter {
 
     /// Redis calls that failed or timed out.
     pub fn redis_errors(&self) -> u64 {
-        self.redis.as_ref().map_or(0, |r| r.errors.load(Relaxed))
+        self.stats.redis_errors.load(Relaxed)
     }
 
     /// Times the limiter switched to the local fallback.
     pub fn redis_fallbacks(&self) -> u64 {
-        self.redis.as_ref().map_or(0, |r| r.fallbacks.load(Relaxed))
+        self.stats.redis_fallbacks.load(Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -514,7 +530,7 @@ impl RateLimiter {
             _ => self.check_local(&hits),
         };
         if verdict.is_err() {
-            self.limited.fetch_add(1, Relaxed);
+            self.stats.limited.fetch_add(1, Relaxed);
         }
         verdict
     }
@@ -704,5 +720,14 @@ mod tests {
         // Another key has its own budget.
         assert!(l.check("10.0.0.2".parse().unwrap(), "/", &h).await.is_ok());
         assert_eq!(l.rate_limited(), 1);
+        // A reload with a looser rule: fresh local state, counters kept.
+        let cfg2: RateLimitConfig =
+            toml::from_str("[[rule]]\nkey = \"client_ip\"\nrate = \"1r/m\"\nburst = 5\n").unwrap();
+        let l2 = RateLimiter::replacing(&cfg2, &l).await;
+        for _ in 0..6 {
+            assert!(l2.check(ip, "/", &h).await.is_ok());
+        }
+        assert!(l2.check(ip, "/", &h).await.is_err());
+        assert_eq!(l2.rate_limited(), 2);
     }
 }

@@ -333,3 +333,54 @@ async fn limit_conn_refuses_excess_connections_per_address() {
     assert!(exchange(&mut c4).await.starts_with("HTTP/1.1 200"));
     assert_eq!(up.hits(), 5);
 }
+
+#[tokio::test]
+async fn rate_limits_can_be_replaced_live_keeping_counters() {
+    let up = Upstream::start("up").await;
+    let gw = TestGateway::start(&limited_config(
+        &up,
+        "[[rate_limit.rule]]\nname = \"strict\"\nkey = \"client_ip\"\nrate = \"1r/m\"\n",
+    ))
+    .await;
+    assert_eq!(gw.get("/").await.status, 200);
+    assert_429(&gw.get("/").await, "strict");
+    let new = ragfleet_gateway::Config::parse(
+        &limited_config(
+            &up,
+            "[[rate_limit.rule]]\nname = \"loose\"\nkey = \"client_ip\"\nrate = \"1r/m\"\nburst = 3\n",
+        ),
+        "reload.toml",
+    )
+    .unwrap();
+    gw.handle.set_rate_limits(&new.rate_limit).await;
+    for _ in 0..4 {
+        assert_eq!(gw.get("/").await.status, 200);
+    }
+    assert_429(&gw.get("/").await, "loose");
+    assert_eq!(gw.handle.rate_limiter().rate_limited(), 2);
+    // No rules at all: nothing limited.
+    gw.handle.set_rate_limits(&Default::default()).await;
+    for _ in 0..5 {
+        assert_eq!(gw.get("/").await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn bad_rate_limit_config_names_the_key() {
+    let base = "[[route]]\nprefix = \"/\"\npool = \"p\"\n[pool.p]\nservers = [{ addr = \"127.0.0.1:1\" }]\n";
+    for (extra, key) in [
+        ("[[rate_limit.rule]]\nkey = \"client_ip\"\nrate = \"10/s\"\n", "rate"),
+        ("[[rate_limit.rule]]\nkey = \"cookie:x\"\nrate = \"1r/s\"\n", "key"),
+        ("[[rate_limit.rule]]\nkey = \"client_ip\"\nrate = \"1r/s\"\nprefix = \"api\"\n", "rate_limit.rule[0].prefix"),
+        ("[[rate_limit.rule]]\nname = \"a\"\nkey = \"client_ip\"\nrate = \"1r/s\"\n[[rate_limit.rule]]\nname = \"a\"\nkey = \"client_ip\"\nrate = \"1r/s\"\n", "rate_limit.rule[1].name"),
+        ("[[rate_limit.rule]]\nkey = \"client_ip\"\nrate = \"1r/s\"\nnodelay = true\n", "nodelay"),
+        ("[rate_limit]\nredis_url = \"http://x\"\n", "rate_limit.redis_url"),
+        ("[listen]\nmax_body_size = \"10MB\"\n", "10MB"),
+        ("[listen]\nmax_header_size = 100\n", "listen.max_header_size"),
+    ] {
+        let err = ragfleet_gateway::Config::parse(&format!("{base}{extra}"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{extra:?}: {err}");
+    }
+}
