@@ -68,6 +68,8 @@ pub(crate) struct ConnState {
     /// When the last request finished (or the connection started).
     idle_since: AtomicU64,
     close: AtomicBool,
+    /// Wakes the connection driver to close (nothing else does: it checks
+    /// the timers on its own, see `drive`).
     wake: Notify,
     heads: Mutex<VecDeque<HeadFlags>>,
 }
@@ -131,7 +133,6 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         if self.0.inflight.fetch_sub(1, Relaxed) == 1 {
             self.0.idle_since.store(now_nanos(), Relaxed);
-            self.0.wake.notify_one();
         }
     }
 }
@@ -189,7 +190,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
                 s.feed(new, &mut |ev| match ev {
                     SniffEvent::HeadStarted => {
                         state.head_started.store(now_nanos(), Relaxed);
-                        state.wake.notify_one();
                     }
                     SniffEvent::HeadDone(f) => {
                         state.head_started.store(0, Relaxed);
@@ -435,15 +435,46 @@ async fn drive<C, E>(
     let edge = &shared.edge;
     let started = now_nanos();
     let mut closing = false;
+    // The driver is not woken per request (that would cost two wake-ups and
+    // a timer per request): it wakes at the next known deadline or after
+    // `tick`, whichever is first. A tick of at most half of each timeout
+    // means a deadline that appears while it sleeps (a head starts, a
+    // request ends) is seen before it passes, so timeouts stay exact.
+    let tick = [edge.header_read_timeout, edge.keepalive_timeout]
+        .into_iter()
+        .filter(|d| !d.is_zero())
+        .min()
+        .map_or(Duration::from_secs(3600), |d| {
+            (d / 2).max(Duration::from_millis(20))
+        });
     loop {
+        let now = now_nanos();
         let deadline = if closing {
             None
         } else {
             next_deadline(state, edge, started, h1)
         };
-        let sleep_for = deadline.map_or(Duration::from_secs(3600), |(t, _)| {
-            Duration::from_nanos(t.saturating_sub(now_nanos()))
-        });
+        if let Some((_, kind)) = deadline.filter(|(t, _)| now >= *t) {
+            match kind {
+                Deadline::Header => {
+                    edge.counters.header_timeouts.fetch_add(1, Relaxed);
+                    tracing::debug!(%peer, "no complete request head within header_read_timeout: closing");
+                    return;
+                }
+                Deadline::Idle => {
+                    edge.counters.idle_closed.fetch_add(1, Relaxed);
+                    tracing::debug!(%peer, "keep-alive connection idle: closing");
+                    shutdown(conn.as_mut());
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+                    return;
+                }
+            }
+        }
+        let tick_ns = tick.as_nanos() as u64;
+        let wake_at = deadline
+            .map_or(u64::MAX, |(t, _)| t)
+            .min(now.saturating_add(tick_ns));
+        let sleep_for = Duration::from_nanos(wake_at.saturating_sub(now));
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -457,26 +488,7 @@ async fn drive<C, E>(
                     shutdown(conn.as_mut());
                 }
             }
-            _ = tokio::time::sleep(sleep_for) => {
-                let Some((t, kind)) = next_deadline(state, edge, started, h1) else { continue };
-                if closing || now_nanos() < t {
-                    continue;
-                }
-                match kind {
-                    Deadline::Header => {
-                        edge.counters.header_timeouts.fetch_add(1, Relaxed);
-                        tracing::debug!(%peer, "no complete request head within header_read_timeout: closing");
-                        return;
-                    }
-                    Deadline::Idle => {
-                        edge.counters.idle_closed.fetch_add(1, Relaxed);
-                        tracing::debug!(%peer, "keep-alive connection idle: closing");
-                        shutdown(conn.as_mut());
-                        let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
-                        return;
-                    }
-                }
-            }
+            _ = tokio::time::sleep(sleep_for) => {}
             _ = shared.hard_stop.cancelled() => return,
             _ = stop.cancelled(), if !closing => {
                 // Shutting down: finish the request in progress, then close.
