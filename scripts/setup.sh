@@ -11,6 +11,7 @@ command -v etcdctl >/dev/null || need_pkgs+=(etcd-client)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 command -v wrk >/dev/null || need_pkgs+=(wrk)
+command -v openssl >/dev/null || need_pkgs+=(openssl)   # the gateway benchmark's HTTPS certificate
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v pg_ctlcluster >/dev/null || need_pkgs+=(postgresql)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

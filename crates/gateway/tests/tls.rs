@@ -568,3 +568,36 @@ async fn h2_requests_get_the_same_limits() {
     assert_eq!(res.status(), 200);
     assert_eq!(gw.handle.hygiene().body_too_large(), 2);
 }
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_an_h2_stream() {
+    let up = Upstream::start("up").await;
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test", "127.0.0.1"]);
+    let b = pki.leaf("b", &["b.test"]);
+    let (mut gw, _) = start(&tls_config(up.addr, &a, &b, "")).await;
+    let c = client(&pki, gw.addr, false);
+    let mut res = c
+        .get(format!("https://a.test:{}/sse", gw.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    let first = res.chunk().await.unwrap().unwrap();
+    let stopping = gw.shutdown();
+    // The stream in progress runs to its end over the closing connection.
+    let mut body = String::from_utf8_lossy(&first).into_owned();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), res.chunk())
+        .await
+        .expect("stream stalled during shutdown")
+        .unwrap()
+    {
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert_eq!(body.matches("data: event").count() as u64, SSE_EVENTS);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("gateway did not stop after the stream ended")
+        .unwrap()
+        .unwrap();
+}
