@@ -601,3 +601,27 @@ async fn graceful_shutdown_finishes_an_h2_stream() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn idle_h2_connection_is_closed_at_keepalive_timeout() {
+    let up = Upstream::start("up").await;
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test", "127.0.0.1"]);
+    let b = pki.leaf("b", &["b.test"]);
+    let (gw, _) = start(&tls_config(up.addr, &a, &b, "keepalive_timeout = \"1s\"")).await;
+    let c = client(&pki, gw.addr, false);
+    let url = format!("https://a.test:{}/x", gw.addr.port());
+    let res = c.get(&url).send().await.unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.status(), 200);
+    let hy = gw.handle.hygiene();
+    assert_eq!(hy.idle_closed(), 0);
+    assert!(
+        eventually(5, || hy.idle_closed() == 1).await,
+        "idle h2 connection not closed"
+    );
+    // The client reconnects transparently.
+    let res = c.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(gw.handle.tls().unwrap().handshakes(), 2);
+}
