@@ -9,6 +9,10 @@
 //! - [`health`]: active health checks (passive health lives on `Server`);
 //! - `proxy`: the request path (route, pick, forward, retry, stream back);
 //! - `body`: streamed bodies with idle/total timeouts; `tunnel`: WebSocket.
+//! - [`metrics`]: per-instance Prometheus metrics; [`access_log`]: one line
+//!   per request; [`admin`]: the admin listener (metrics, JSON admin API);
+//! - [`reload`]: hot reload (SIGHUP, file watch, API) and per-pool
+//!   background tasks; [`discovery`]: DNS and etcd discovery.
 //!
 //! ```no_run
 //! # async fn f(cfg: ragfleet_gateway::config::Config) -> Result<(), ragfleet_gateway::Error> {
@@ -32,12 +36,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod access_log;
+pub mod admin;
 pub mod balance;
 mod body;
 pub mod config;
+pub mod discovery;
 pub mod health;
+pub mod metrics;
 pub mod pool;
 mod proxy;
+pub mod reload;
 mod tunnel;
 
 pub use config::Config;
@@ -87,8 +96,21 @@ impl Runtime {
             .map(|(_, p)| p)
     }
 
+    /// The longest matching route: its prefix and pool.
+    pub fn route_with_prefix(&self, path: &str) -> Option<(&str, &Arc<Pool>)> {
+        self.routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(prefix, p)| (prefix.as_str(), p))
+    }
+
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.get(name)
+    }
+
+    /// Every pool by name.
+    pub fn pools(&self) -> &BTreeMap<String, Arc<Pool>> {
+        &self.pools
     }
 }
 
@@ -100,6 +122,11 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     /// Cancelled when the shutdown deadline passes: cut what is left.
     pub(crate) hard_stop: CancellationToken,
+    /// This instance's metrics (rendered on the admin listener).
+    pub(crate) metrics: Arc<metrics::Metrics>,
+    /// Configuration in force, reload and background-task state.
+    pub(crate) ops: reload::Ops,
+    pub(crate) admin_addr: Option<SocketAddr>,
 }
 
 /// A bound, not yet serving gateway.
@@ -108,6 +135,7 @@ pub struct Gateway {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
     config: Config,
+    admin: Option<TcpListener>,
 }
 
 /// A cheap handle to a gateway's live state.
@@ -120,6 +148,26 @@ impl GatewayHandle {
     /// A pool by name, as currently in force.
     pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
         self.shared.runtime.load().pool(name).cloned()
+    }
+
+    /// The routes and pools in force.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.shared.runtime.load_full()
+    }
+
+    /// Where the admin listener (metrics, admin API) listens, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.shared.admin_addr
+    }
+
+    /// This gateway's metrics.
+    pub fn metrics(&self) -> &Arc<metrics::Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The metrics in Prometheus text format (what `GET /metrics` returns).
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render(&self.shared.runtime.load())
     }
 }
 
@@ -136,17 +184,33 @@ impl Gateway {
             .map_err(|source| Error::Bind { addr, source })?;
         let forwarded_proto = HeaderValue::from_str(&config.listen.forwarded_proto)
             .unwrap_or_else(|_| HeaderValue::from_static("http"));
+        let admin = match config.admin.as_ref().filter(|a| a.enabled) {
+            Some(a) => Some(
+                TcpListener::bind(a.addr)
+                    .await
+                    .map_err(|source| Error::Bind {
+                        addr: a.addr,
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime::new(&config)),
             forwarded_proto,
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
+            metrics: Arc::new(metrics::Metrics::default()),
+            ops: reload::Ops::new(&config),
+            admin_addr,
         });
         Ok(Gateway {
             listener,
             local_addr,
             shared,
             config,
+            admin,
         })
     }
 
@@ -168,14 +232,16 @@ impl Gateway {
             listener,
             shared,
             config,
+            admin,
             ..
         } = self;
         let stop_accepting = CancellationToken::new();
-        let health_stop = CancellationToken::new();
-        for pool in shared.runtime.load().pools.values() {
-            if let Some(h) = pool.cfg.health.clone().filter(|h| h.enabled) {
-                tokio::spawn(health::run(pool.clone(), h, health_stop.clone()));
-            }
+        // Health checks, discovery, the admin listener and the reload
+        // watchers end when this function returns (or its future is dropped).
+        let _background = shared.ops.stop.clone().drop_guard();
+        reload::start_background(&shared);
+        if let Some(l) = admin {
+            tokio::spawn(admin::serve(l, shared.clone(), shared.ops.stop.clone()));
         }
         let header_read_timeout = config.listen.header_read_timeout.0;
         tokio::pin!(shutdown);
@@ -226,7 +292,6 @@ impl Gateway {
         }
         drop(listener);
         stop_accepting.cancel();
-        health_stop.cancel();
         shared.tracker.close();
         let deadline = config.listen.shutdown_timeout.0;
         let pending = shared.tracker.len();
