@@ -512,6 +512,11 @@ pub struct Etcd {
 
 impl Etcd {
     pub async fn start() -> Etcd {
+        Etcd::start_on(free_port()).await
+    }
+
+    /// Start with its client URL on this loopback port.
+    pub async fn start_on(client_port: u16) -> Etcd {
         let which = Command::new("sh")
             .args(["-c", "command -v etcd"])
             .output()
@@ -522,7 +527,7 @@ impl Etcd {
         );
         let dir = tempfile::tempdir().unwrap();
         let mut e = Etcd {
-            client_url: format!("http://127.0.0.1:{}", free_port()),
+            client_url: format!("http://127.0.0.1:{client_port}"),
             peer_url: format!("http://127.0.0.1:{}", free_port()),
             dir,
             child: None,
