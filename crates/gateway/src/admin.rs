@@ -173,6 +173,7 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+#[allow(clippy::result_large_err)]
 fn token_ok(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<AdminBody>> {
     let cfg = shared.ops.config.load();
     let Some(admin) = cfg.admin.as_ref() else {
@@ -226,7 +227,10 @@ struct WeightBody {
     weight: u32,
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<AdminBody>, Infallible> {
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<AdminBody>, Infallible> {
     if let Err(res) = token_ok(&shared, &req) {
         return Ok(res);
     }
@@ -239,7 +243,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         .collect::<Option<Vec<_>>>()
     {
         Some(s) => s,
-        None => return Ok(error(StatusCode::BAD_REQUEST, "bad_path", "bad percent-encoding in the path")),
+        None => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                "bad percent-encoding in the path",
+            ))
+        }
     };
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let method = req.method().clone();
@@ -307,7 +317,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 Ok((p, s)) => {
                     let drain = *action == "drain";
                     s.set_drained(drain);
-                    tracing::info!(pool, server = addr, drained = drain, "admin: server {action}ed");
+                    tracing::info!(
+                        pool,
+                        server = addr,
+                        drained = drain,
+                        "admin: server {action}ed"
+                    );
                     let src = Source::of_pool(&shared, p).get(s.addr()).copied();
                     json_response(StatusCode::OK, &server_json(&s, src))
                 }
@@ -323,7 +338,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             let body = match Limited::new(req.into_body(), 4096).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) => {
-                    return Ok(error(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read the body: {e}")))
+                    return Ok(error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_body",
+                        format!("cannot read the body: {e}"),
+                    ))
                 }
             };
             let w: WeightBody = match serde_json::from_slice(&body) {
@@ -351,7 +370,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                         let _st = shared.ops.lock_state();
                         p.set_server_weight(s.addr(), w.weight);
                     }
-                    tracing::info!(pool, server = addr, weight = w.weight, "admin: weight changed");
+                    tracing::info!(
+                        pool,
+                        server = addr,
+                        weight = w.weight,
+                        "admin: weight changed"
+                    );
                     let src = Source::of_pool(&shared, p).get(s.addr()).copied();
                     json_response(StatusCode::OK, &server_json(&s, src))
                 }
@@ -366,7 +390,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 shared: shared.clone(),
             };
             match handle.reload_from_path().await {
-                Ok(summary) => json_response(StatusCode::OK, &json!({"reloaded": true, "changes": summary})),
+                Ok(summary) => json_response(
+                    StatusCode::OK,
+                    &json!({"reloaded": true, "changes": summary}),
+                ),
                 Err(crate::reload::ReloadError::NoConfigFile) => error(
                     StatusCode::CONFLICT,
                     "no_config_file",
@@ -379,7 +406,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 ),
             }
         }
-        _ => error(StatusCode::NOT_FOUND, "not_found", format!("no admin endpoint {path}")),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no admin endpoint {path}"),
+        ),
     };
     Ok(res)
 }
@@ -396,7 +427,11 @@ fn routes_of<'a>(rt: &'a crate::Runtime, p: &Arc<Pool>) -> Vec<&'a str> {
 }
 
 fn no_pool(pool: &str) -> Response<AdminBody> {
-    error(StatusCode::NOT_FOUND, "no_pool", format!("no pool named {pool:?}"))
+    error(
+        StatusCode::NOT_FOUND,
+        "no_pool",
+        format!("no pool named {pool:?}"),
+    )
 }
 
 #[allow(clippy::result_large_err)]

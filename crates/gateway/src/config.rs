@@ -713,7 +713,10 @@ impl Config {
                 return bad(key("timeouts.websocket_idle"), "must be > 0".into());
             }
             if !(p.load_weight >= 0.0 && p.load_weight.is_finite()) {
-                return bad(key("load_weight"), format!("{} must be >= 0", p.load_weight));
+                return bad(
+                    key("load_weight"),
+                    format!("{} must be >= 0", p.load_weight),
+                );
             }
             if let Err((k, m)) = p.discovery.validate() {
                 return bad(key(&format!("discovery.{k}")), m);

@@ -18,7 +18,6 @@ use crate::body::ReqBody;
 use crate::config::HealthConfig;
 use crate::pool::{Pool, Server};
 
-
 /// Run the checks of one pool until `stop` is cancelled.
 pub async fn run(pool: Arc<Pool>, cfg: HealthConfig, stop: CancellationToken) {
     let mut tick = tokio::time::interval(cfg.interval.0);
@@ -73,7 +72,11 @@ pub fn load_score(body: &[u8]) -> Option<f64> {
     if let Some(score) = load.get("score").and_then(|s| s.as_f64()) {
         return (score.is_finite() && score >= 0.0).then_some(score);
     }
-    let num = |k: &str| load.get(k).and_then(|x| x.as_f64()).filter(|x| x.is_finite() && *x >= 0.0);
+    let num = |k: &str| {
+        load.get(k)
+            .and_then(|x| x.as_f64())
+            .filter(|x| x.is_finite() && *x >= 0.0)
+    };
     let running = num("running");
     let queued = num("queued");
     if running.is_none() && queued.is_none() {
@@ -136,8 +139,14 @@ mod tests {
     fn load_scores() {
         let node = br#"{"status":"ok","load":{"running":2,"queued":2,"capacity":2,"max_queued":64,"streams":2}}"#;
         assert_eq!(load_score(node), Some(2.0));
-        assert_eq!(load_score(br#"{"load":{"running":0,"queued":0,"capacity":4}}"#), Some(0.0));
-        assert_eq!(load_score(br#"{"load":{"score":0.5,"running":9}}"#), Some(0.5));
+        assert_eq!(
+            load_score(br#"{"load":{"running":0,"queued":0,"capacity":4}}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            load_score(br#"{"load":{"score":0.5,"running":9}}"#),
+            Some(0.5)
+        );
         assert_eq!(load_score(br#"{"load":{"running":3}}"#), Some(3.0));
         assert_eq!(load_score(br#"{"status":"ok"}"#), None);
         assert_eq!(load_score(br#"{"load":{"score":-1}}"#), None);

@@ -160,6 +160,9 @@ impl Drop for GaugeGuard {
 /// counters) into the same exposition.
 pub type ExtraSource = Box<dyn Fn(&mut String) + Send + Sync>;
 
+/// Reads one per-server gauge from a snapshot and the reported load.
+type ServerGauge = fn(&crate::ServerSnapshot, f64) -> f64;
+
 /// Every metric of one gateway instance.
 #[derive(Default)]
 pub struct Metrics {
@@ -226,7 +229,13 @@ fn labels(out: &mut String, names: &[&str], values: &[&str]) {
     out.push('}');
 }
 
-fn sample(out: &mut String, name: &str, names: &[&str], values: &[&str], v: impl std::fmt::Display) {
+fn sample(
+    out: &mut String,
+    name: &str,
+    names: &[&str],
+    values: &[&str],
+    v: impl std::fmt::Display,
+) {
     out.push_str(name);
     if !names.is_empty() {
         labels(out, names, values);
@@ -385,7 +394,13 @@ impl Metrics {
         );
         for s in &routes {
             let v = s.value.bytes_in.load(Relaxed);
-            sample(o, "ragfleet_gateway_received_bytes_total", &["route", "pool"], &s.labels(), v);
+            sample(
+                o,
+                "ragfleet_gateway_received_bytes_total",
+                &["route", "pool"],
+                &s.labels(),
+                v,
+            );
         }
         header(
             o,
@@ -395,7 +410,13 @@ impl Metrics {
         );
         for s in &routes {
             let v = s.value.bytes_out.load(Relaxed);
-            sample(o, "ragfleet_gateway_sent_bytes_total", &["route", "pool"], &s.labels(), v);
+            sample(
+                o,
+                "ragfleet_gateway_sent_bytes_total",
+                &["route", "pool"],
+                &s.labels(),
+                v,
+            );
         }
 
         header(
@@ -404,7 +425,13 @@ impl Metrics {
             "gauge",
             "Requests being handled now (an open WebSocket tunnel counts until it closes).",
         );
-        sample(o, "ragfleet_gateway_requests_in_flight", &[], &[], self.in_flight.load(Relaxed));
+        sample(
+            o,
+            "ragfleet_gateway_requests_in_flight",
+            &[],
+            &[],
+            self.in_flight.load(Relaxed),
+        );
         header(
             o,
             "ragfleet_gateway_websockets_open",
@@ -412,7 +439,13 @@ impl Metrics {
             "Open WebSocket tunnels.",
         );
         for s in self.websockets.series() {
-            sample(o, "ragfleet_gateway_websockets_open", &["pool"], &s.labels(), s.value.load(Relaxed));
+            sample(
+                o,
+                "ragfleet_gateway_websockets_open",
+                &["pool"],
+                &s.labels(),
+                s.value.load(Relaxed),
+            );
         }
         header(
             o,
@@ -421,7 +454,13 @@ impl Metrics {
             "Open server-sent event streams (text/event-stream responses).",
         );
         for s in self.streams.series() {
-            sample(o, "ragfleet_gateway_streams_open", &["pool"], &s.labels(), s.value.load(Relaxed));
+            sample(
+                o,
+                "ragfleet_gateway_streams_open",
+                &["pool"],
+                &s.labels(),
+                s.value.load(Relaxed),
+            );
         }
         header(
             o,
@@ -430,7 +469,13 @@ impl Metrics {
             "Attempts on another server after a failed one.",
         );
         for s in self.retries.series() {
-            sample(o, "ragfleet_gateway_retries_total", &["pool"], &s.labels(), s.value.load(Relaxed));
+            sample(
+                o,
+                "ragfleet_gateway_retries_total",
+                &["pool"],
+                &s.labels(),
+                s.value.load(Relaxed),
+            );
         }
 
         self.render_servers(o, rt);
@@ -443,8 +488,20 @@ impl Metrics {
         );
         let ok = self.reloads_ok.load(Relaxed);
         let failed = self.reloads_failed.load(Relaxed);
-        sample(o, "ragfleet_gateway_config_reloads_total", &["result"], &["success"], ok);
-        sample(o, "ragfleet_gateway_config_reloads_total", &["result"], &["failure"], failed);
+        sample(
+            o,
+            "ragfleet_gateway_config_reloads_total",
+            &["result"],
+            &["success"],
+            ok,
+        );
+        sample(
+            o,
+            "ragfleet_gateway_config_reloads_total",
+            &["result"],
+            &["failure"],
+            failed,
+        );
         header(
             o,
             "ragfleet_gateway_config_last_reload_successful",
@@ -452,7 +509,13 @@ impl Metrics {
             "1 if the last reload attempt succeeded (or none was made), 0 if it was rejected.",
         );
         let last_ok = self.last_reload_ok.load(Relaxed) || ok + failed == 0;
-        sample(o, "ragfleet_gateway_config_last_reload_successful", &[], &[], u8::from(last_ok));
+        sample(
+            o,
+            "ragfleet_gateway_config_last_reload_successful",
+            &[],
+            &[],
+            u8::from(last_ok),
+        );
         header(
             o,
             "ragfleet_gateway_config_last_reload_success_timestamp_seconds",
@@ -529,7 +592,13 @@ impl Metrics {
             "Servers in a pool (static and discovered).",
         );
         for (name, pool) in &rt.pools {
-            sample(o, "ragfleet_gateway_pool_servers", &["pool"], &[name], pool.servers().len());
+            sample(
+                o,
+                "ragfleet_gateway_pool_servers",
+                &["pool"],
+                &[name],
+                pool.servers().len(),
+            );
         }
         header(
             o,
@@ -539,16 +608,52 @@ impl Metrics {
         );
         for (pool, s, _) in &servers {
             let n = ["pool", "server", "check"];
-            sample(o, "ragfleet_gateway_server_up", &n, &[pool, &s.addr, "passive"], u8::from(!s.passive_down));
-            sample(o, "ragfleet_gateway_server_up", &n, &[pool, &s.addr, "active"], u8::from(s.active_up));
+            sample(
+                o,
+                "ragfleet_gateway_server_up",
+                &n,
+                &[pool, &s.addr, "passive"],
+                u8::from(!s.passive_down),
+            );
+            sample(
+                o,
+                "ragfleet_gateway_server_up",
+                &n,
+                &[pool, &s.addr, "active"],
+                u8::from(s.active_up),
+            );
         }
-        let gauges: [(&str, &str, fn(&crate::ServerSnapshot, f64) -> f64); 6] = [
-            ("ragfleet_gateway_server_available", "1 if the server takes new requests (up for both checks and not drained).", |s, _| f64::from(u8::from(!s.passive_down && s.active_up && !s.drained))),
-            ("ragfleet_gateway_server_drained", "1 if the server is drained through the admin API.", |s, _| f64::from(u8::from(s.drained))),
-            ("ragfleet_gateway_server_in_flight", "Requests (and tunnels) in flight on the server.", |s, _| s.inflight as f64),
-            ("ragfleet_gateway_server_weight", "Current weight of the server.", |s, _| f64::from(s.weight)),
-            ("ragfleet_gateway_server_latency_ewma_seconds", "Peak-EWMA time to response headers (p2c).", |s, _| s.ewma_ms / 1e3),
-            ("ragfleet_gateway_server_load", "Load the server reports in its health response (0 = idle; see docs/gateway.md).", |_, l| l),
+        let gauges: [(&str, &str, ServerGauge); 6] = [
+            (
+                "ragfleet_gateway_server_available",
+                "1 if the server takes new requests (up for both checks and not drained).",
+                |s, _| f64::from(u8::from(!s.passive_down && s.active_up && !s.drained)),
+            ),
+            (
+                "ragfleet_gateway_server_drained",
+                "1 if the server is drained through the admin API.",
+                |s, _| f64::from(u8::from(s.drained)),
+            ),
+            (
+                "ragfleet_gateway_server_in_flight",
+                "Requests (and tunnels) in flight on the server.",
+                |s, _| s.inflight as f64,
+            ),
+            (
+                "ragfleet_gateway_server_weight",
+                "Current weight of the server.",
+                |s, _| f64::from(s.weight),
+            ),
+            (
+                "ragfleet_gateway_server_latency_ewma_seconds",
+                "Peak-EWMA time to response headers (p2c).",
+                |s, _| s.ewma_ms / 1e3,
+            ),
+            (
+                "ragfleet_gateway_server_load",
+                "Load the server reports in its health response (0 = idle; see docs/gateway.md).",
+                |_, l| l,
+            ),
         ];
         for (name, help, f) in gauges {
             header(o, name, "gauge", help);
@@ -563,7 +668,13 @@ impl Metrics {
             "Failed attempts on the server (what fail_on counts), since it joined the pool.",
         );
         for (pool, s, _) in &servers {
-            sample(o, "ragfleet_gateway_server_failures_total", &names, &[pool, &s.addr], s.failures);
+            sample(
+                o,
+                "ragfleet_gateway_server_failures_total",
+                &names,
+                &[pool, &s.addr],
+                s.failures,
+            );
         }
     }
 }

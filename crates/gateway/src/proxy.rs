@@ -143,13 +143,15 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    Ok(crate::access_log::observe(shared, peer, req, |s, p, r| async move {
-        match handle_inner(s, p, r).await {
-            Ok(res) => res,
-            Err(never) => match never {},
-        }
-    })
-    .await)
+    Ok(
+        crate::access_log::observe(shared, peer, req, |s, p, r| async move {
+            match handle_inner(s, p, r).await {
+                Ok(res) => res,
+                Err(never) => match never {},
+            }
+        })
+        .await,
+    )
 }
 
 async fn handle_inner(

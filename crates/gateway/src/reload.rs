@@ -261,17 +261,21 @@ impl GatewayHandle {
         }
         let old_cfg = shared.ops.config.load_full();
         let mut cfg = cfg;
-        if cfg.listen.addr != old_cfg.listen.addr
-            || cfg.listen.workers != old_cfg.listen.workers
-        {
-            tracing::warn!(file, "listen.addr and listen.workers take effect on restart only");
+        if cfg.listen.addr != old_cfg.listen.addr || cfg.listen.workers != old_cfg.listen.workers {
+            tracing::warn!(
+                file,
+                "listen.addr and listen.workers take effect on restart only"
+            );
         }
         // The listener is bound; keep describing it as it is.
         cfg.listen.addr = old_cfg.listen.addr;
         let old_admin = old_cfg.admin.as_ref().filter(|a| a.enabled).map(|a| a.addr);
         let new_admin = cfg.admin.as_ref().filter(|a| a.enabled).map(|a| a.addr);
         if old_admin != new_admin {
-            tracing::warn!(file, "admin.addr and admin.enabled take effect on restart only");
+            tracing::warn!(
+                file,
+                "admin.addr and admin.enabled take effect on restart only"
+            );
         }
         let summary = swap(shared, &cfg);
         shared.ops.config.store(Arc::new(cfg));
@@ -476,7 +480,12 @@ pub fn watch_config_file(handle: &GatewayHandle) -> Result<ConfigWatcher, String
             }
             // Debounce: wait until the directory has been quiet for a while.
             loop {
-                let quiet = handle.config().reload.debounce.0.max(Duration::from_millis(10));
+                let quiet = handle
+                    .config()
+                    .reload
+                    .debounce
+                    .0
+                    .max(Duration::from_millis(10));
                 tokio::select! {
                     _ = stop2.cancelled() => return,
                     ev = rx.recv() => if ev.is_none() { return } else { continue },

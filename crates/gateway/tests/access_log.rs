@@ -41,7 +41,8 @@ impl Visit for Fields {
         self.0.insert(f.name().into(), Value::from(v));
     }
     fn record_debug(&mut self, f: &Field, v: &dyn std::fmt::Debug) {
-        self.0.insert(f.name().into(), Value::from(format!("{v:?}")));
+        self.0
+            .insert(f.name().into(), Value::from(format!("{v:?}")));
     }
 }
 
@@ -76,22 +77,32 @@ async fn line(lines: &Lines, request_id: &str) -> BTreeMap<String, Value> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("no access line for {request_id}: {:?}", lines.lock().unwrap());
+    panic!(
+        "no access line for {request_id}: {:?}",
+        lines.lock().unwrap()
+    );
 }
 
 fn s<'a>(l: &'a BTreeMap<String, Value>, k: &str) -> &'a str {
-    l.get(k).and_then(Value::as_str).unwrap_or_else(|| panic!("{k} missing in {l:?}"))
+    l.get(k)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{k} missing in {l:?}"))
 }
 
 fn n(l: &BTreeMap<String, Value>, k: &str) -> f64 {
-    l.get(k).and_then(Value::as_f64).unwrap_or_else(|| panic!("{k} missing in {l:?}"))
+    l.get(k)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{k} missing in {l:?}"))
 }
 
 fn check_time(t: &str) {
     // 2025-01-31T12:00:00.123Z
     let b = t.as_bytes();
     assert_eq!(b.len(), 24, "{t}");
-    assert!(t.ends_with('Z') && b[4] == b'-' && b[10] == b'T' && b[19] == b'.', "{t}");
+    assert!(
+        t.ends_with('Z') && b[4] == b'-' && b[10] == b'T' && b[19] == b'.',
+        "{t}"
+    );
     let year: u32 = t[..4].parse().unwrap();
     assert!((2024..2100).contains(&year), "{t}");
 }
@@ -113,7 +124,12 @@ async fn one_line_per_request_with_every_field() {
     .await;
 
     // A plain GET (round robin starts at a).
-    let r = get(gw.addr, "/api/thing?token=secret", &[("x-request-id", "req-1")]).await;
+    let r = get(
+        gw.addr,
+        "/api/thing?token=secret",
+        &[("x-request-id", "req-1")],
+    )
+    .await;
     assert_eq!(r.body, "a");
     let l = line(&lines, "req-1").await;
     check_time(s(&l, "time"));
@@ -141,7 +157,13 @@ async fn one_line_per_request_with_every_field() {
     let res = send_from(
         None,
         gw.addr,
-        request("POST", gw.addr, "/echo-body", &[("x-request-id", "req-post")], "hello"),
+        request(
+            "POST",
+            gw.addr,
+            "/echo-body",
+            &[("x-request-id", "req-post")],
+            "hello",
+        ),
     )
     .await
     .unwrap();
@@ -155,7 +177,10 @@ async fn one_line_per_request_with_every_field() {
     let mut retried = None;
     for i in 0..4 {
         let id = format!("req-retry-{i}");
-        assert_eq!(get(gw.addr, "/x", &[("x-request-id", &id)]).await.status, 200);
+        assert_eq!(
+            get(gw.addr, "/x", &[("x-request-id", &id)]).await.status,
+            200
+        );
         let l = line(&lines, &id).await;
         if n(&l, "retries") == 1.0 {
             retried = Some(l);
@@ -202,11 +227,15 @@ async fn one_line_per_request_with_every_field() {
         format!("ws://{}/ws", gw.addr),
     )
     .unwrap();
-    req.headers_mut().insert("x-request-id", "req-ws".parse().unwrap());
+    req.headers_mut()
+        .insert("x-request-id", "req-ws".parse().unwrap());
     let (mut sock, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(sock.next().await.unwrap().unwrap(), Message::text("w"));
     sock.send(Message::text("0123456789")).await.unwrap();
-    assert_eq!(sock.next().await.unwrap().unwrap(), Message::text("0123456789"));
+    assert_eq!(
+        sock.next().await.unwrap().unwrap(),
+        Message::text("0123456789")
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         !lines
@@ -230,7 +259,11 @@ async fn one_line_per_request_with_every_field() {
         .lock()
         .unwrap()
         .iter()
-        .filter_map(|l| l.get("request_id").and_then(Value::as_str).map(String::from))
+        .filter_map(|l| {
+            l.get("request_id")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
         .collect();
     let mut uniq = ids.clone();
     uniq.sort();
@@ -256,8 +289,21 @@ async fn json_format_and_off_switch_follow_reloads() {
     };
     let msg: Value = serde_json::from_str(s(&raw, "message")).expect("message is JSON");
     for k in [
-        "time", "client", "method", "path", "status", "upstream", "bytes_in", "bytes_out",
-        "headers_ms", "total_ms", "request_id", "retries", "route", "pool", "outcome",
+        "time",
+        "client",
+        "method",
+        "path",
+        "status",
+        "upstream",
+        "bytes_in",
+        "bytes_out",
+        "headers_ms",
+        "total_ms",
+        "request_id",
+        "retries",
+        "route",
+        "pool",
+        "outcome",
     ] {
         assert!(msg.get(k).is_some(), "{k} missing in {msg}");
     }

@@ -33,7 +33,11 @@ async fn list_drain_and_undrain() {
     let (sa, sb) = (a.addr.to_string(), b.addr.to_string());
 
     // The token is required everywhere on the admin listener.
-    for (tok, path) in [(None, "/admin/pools"), (Some("wrong"), "/admin/pools"), (None, "/metrics")] {
+    for (tok, path) in [
+        (None, "/admin/pools"),
+        (Some("wrong"), "/admin/pools"),
+        (None, "/metrics"),
+    ] {
         let r = admin_call(admin, "GET", path, tok, "").await;
         assert_eq!(r.status, 401, "{path} with {tok:?}");
         assert_eq!(r.headers["www-authenticate"], "Bearer");
@@ -64,7 +68,14 @@ async fn list_drain_and_undrain() {
     assert!(eventually(10, || a.state.holding.load(SeqCst) == 1).await);
 
     // Drain a: it reports the request still in flight...
-    let r = admin_call(admin, "POST", &format!("/admin/pools/p/servers/{sa}/drain"), Some(TOKEN), "").await;
+    let r = admin_call(
+        admin,
+        "POST",
+        &format!("/admin/pools/p/servers/{sa}/drain"),
+        Some(TOKEN),
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let v = json(&r);
     assert_eq!(v["drained"], true);
@@ -85,11 +96,25 @@ async fn list_drain_and_undrain() {
     a.state.release.send_replace(true);
     let r = held.await.unwrap();
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "a"));
-    let r = admin_call(admin, "GET", &format!("/admin/pools/p/servers/{sa}"), Some(TOKEN), "").await;
+    let r = admin_call(
+        admin,
+        "GET",
+        &format!("/admin/pools/p/servers/{sa}"),
+        Some(TOKEN),
+        "",
+    )
+    .await;
     assert_eq!(json(&r)["in_flight"], 0);
 
     // Undrain: a takes requests again.
-    let r = admin_call(admin, "POST", &format!("/admin/pools/p/servers/{sa}/undrain"), Some(TOKEN), "").await;
+    let r = admin_call(
+        admin,
+        "POST",
+        &format!("/admin/pools/p/servers/{sa}/undrain"),
+        Some(TOKEN),
+        "",
+    )
+    .await;
     assert_eq!(json(&r)["drained"], false);
     let mut seen_a = 0;
     for _ in 0..10 {
@@ -133,7 +158,10 @@ async fn weight_changes_rebuild_the_hash_ring_and_survive_reloads() {
         }
     };
     let before = share_of_a("k").await;
-    assert!((60..=140).contains(&before), "equal weights: a got {before}/200");
+    assert!(
+        (60..=140).contains(&before),
+        "equal weights: a got {before}/200"
+    );
 
     let path = format!("/admin/pools/p/servers/{sa}/weight");
     let r = admin_call(admin, "PUT", &path, None, r#"{"weight": 1000}"#).await;
@@ -144,17 +172,30 @@ async fn weight_changes_rebuild_the_hash_ring_and_survive_reloads() {
     // The ring follows the weight: a now owns nearly every key (the same
     // keys as before, so only the ring can have moved them).
     let after = share_of_a("k").await;
-    assert!(after >= 190, "weight 1000 vs 1: a got {after}/200 (ring not rebuilt?)");
+    assert!(
+        after >= 190,
+        "weight 1000 vs 1: a got {after}/200 (ring not rebuilt?)"
+    );
 
     // A reload that leaves a's configured weight alone keeps the admin's.
     let cfg = ragfleet_gateway::Config::parse(&toml(1), "same.toml").unwrap();
     gw.handle.reload(cfg).await.unwrap();
-    assert_eq!(gw.handle.pool("p").unwrap().server(&sa).unwrap().weight(), 1000);
+    assert_eq!(
+        gw.handle.pool("p").unwrap().server(&sa).unwrap().weight(),
+        1000
+    );
     assert!(share_of_a("k").await >= 190);
     // One that changes it applies the file's weight.
     let cfg = ragfleet_gateway::Config::parse(&toml(2), "w2.toml").unwrap();
     gw.handle.reload(cfg).await.unwrap();
-    let r = admin_call(admin, "GET", &format!("/admin/pools/p/servers/{sa}"), None, "").await;
+    let r = admin_call(
+        admin,
+        "GET",
+        &format!("/admin/pools/p/servers/{sa}"),
+        None,
+        "",
+    )
+    .await;
     assert_eq!(json(&r)["weight"], 2);
 }
 
@@ -172,30 +213,81 @@ async fn bad_requests_get_json_errors() {
     let cases: Vec<(&str, String, &str, u16, &str)> = vec![
         ("PUT", weight.clone(), "nope", 400, "bad_body"),
         ("PUT", weight.clone(), r#"{"weight": 0}"#, 400, "bad_weight"),
-        ("PUT", weight.clone(), r#"{"weight": 1001}"#, 400, "bad_weight"),
-        ("PUT", weight.clone(), r#"{"weight": 2, "extra": 1}"#, 400, "bad_body"),
+        (
+            "PUT",
+            weight.clone(),
+            r#"{"weight": 1001}"#,
+            400,
+            "bad_weight",
+        ),
+        (
+            "PUT",
+            weight.clone(),
+            r#"{"weight": 2, "extra": 1}"#,
+            400,
+            "bad_body",
+        ),
         ("PUT", weight.clone(), r#"{"weight": -3}"#, 400, "bad_body"),
         ("GET", weight.clone(), "", 405, "method_not_allowed"),
-        ("GET", format!("/admin/pools/p/servers/{sa}/drain"), "", 405, "method_not_allowed"),
-        ("POST", "/admin/pools/nope/servers/x:1/drain".into(), "", 404, "no_pool"),
-        ("POST", "/admin/pools/p/servers/10.9.9.9:1/drain".into(), "", 404, "no_server"),
+        (
+            "GET",
+            format!("/admin/pools/p/servers/{sa}/drain"),
+            "",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "POST",
+            "/admin/pools/nope/servers/x:1/drain".into(),
+            "",
+            404,
+            "no_pool",
+        ),
+        (
+            "POST",
+            "/admin/pools/p/servers/10.9.9.9:1/drain".into(),
+            "",
+            404,
+            "no_server",
+        ),
         ("GET", "/admin/pools/nope".into(), "", 404, "no_pool"),
         ("GET", "/admin/nothing".into(), "", 404, "not_found"),
-        ("GET", "/admin/pools/p/servers/%zz".into(), "", 400, "bad_path"),
+        (
+            "GET",
+            "/admin/pools/p/servers/%zz".into(),
+            "",
+            400,
+            "bad_path",
+        ),
         ("POST", "/admin/reload".into(), "", 409, "no_config_file"),
     ];
     for (method, path, body, status, code) in cases {
         let r = admin_call(admin, method, &path, None, body).await;
-        assert_eq!(r.status.as_u16(), status, "{method} {path} {body}: {}", r.body);
+        assert_eq!(
+            r.status.as_u16(),
+            status,
+            "{method} {path} {body}: {}",
+            r.body
+        );
         assert_eq!(r.headers["content-type"], "application/json");
         assert_eq!(json(&r)["error"]["code"], code, "{method} {path}");
     }
     // Percent-encoded addresses work; the weight is untouched by the errors.
     let enc = sa.replace(':', "%3A");
-    let r = admin_call(admin, "GET", &format!("/admin/pools/p/servers/{enc}"), None, "").await;
+    let r = admin_call(
+        admin,
+        "GET",
+        &format!("/admin/pools/p/servers/{enc}"),
+        None,
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(json(&r)["weight"], 1);
-    assert_eq!(admin_call(admin, "GET", "/health", None, "").await.status, 200);
+    assert_eq!(
+        admin_call(admin, "GET", "/health", None, "").await.status,
+        200
+    );
     // Still proxying.
     assert_eq!(gw.get("/x").await.body, "a");
 }
@@ -227,12 +319,21 @@ async fn admin_listener_is_off_unless_configured() {
     )
     .unwrap_err()
     .to_string();
-    assert!(both.contains("gw.toml") && both.contains("admin.token"), "{both}");
+    assert!(
+        both.contains("gw.toml") && both.contains("admin.token"),
+        "{both}"
+    );
     let unknown = ragfleet_gateway::Config::parse(
-        &format!("{}[admin]\nport = 1\n", pool_config(&[(&a, 1, false)], "p2c", "")),
+        &format!(
+            "{}[admin]\nport = 1\n",
+            pool_config(&[(&a, 1, false)], "p2c", "")
+        ),
         "gw.toml",
     )
     .unwrap_err()
     .to_string();
-    assert!(unknown.contains("unknown field") && unknown.contains("port"), "{unknown}");
+    assert!(
+        unknown.contains("unknown field") && unknown.contains("port"),
+        "{unknown}"
+    );
 }

@@ -57,7 +57,14 @@ async fn a_name_is_re_resolved_and_merged_with_the_static_list() {
 
     // Drain the discovered server; keep watching: the name is resolved
     // again and again, and the server keeps its state (still drained).
-    let r = admin_call(admin, "POST", &format!("/admin/pools/p/servers/{sa}/drain"), None, "").await;
+    let r = admin_call(
+        admin,
+        "POST",
+        &format!("/admin/pools/p/servers/{sa}/drain"),
+        None,
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200);
     let before = lookups(&scrape(admin, None).await, "ok");
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -69,7 +76,10 @@ async fn a_name_is_re_resolved_and_merged_with_the_static_list() {
     );
     assert_eq!(lookups(&m, "error"), 0.0);
     assert_eq!(
-        m.one("ragfleet_gateway_discovery_servers", &[("pool", "p"), ("source", "dns")]),
+        m.one(
+            "ragfleet_gateway_discovery_servers",
+            &[("pool", "p"), ("source", "dns")]
+        ),
         Some(1.0)
     );
     assert_eq!(
@@ -113,12 +123,30 @@ async fn an_unresolvable_name_keeps_the_known_servers() {
 async fn discovery_keys_are_checked() {
     let base = "[[route]]\nprefix = \"/\"\npool = \"p\"\n[pool.p]\n";
     let bad = [
-        ("[pool.p.discovery.dns]\nname = \"\"\nport = 80\n", "discovery.dns.name"),
-        ("[pool.p.discovery.dns]\nname = \"x\"\nport = 0\n", "discovery.dns.port"),
-        ("[pool.p.discovery.dns]\nname = \"x\"\nport = 1\nfamily = \"ipv5\"\n", "family"),
-        ("[pool.p.discovery.etcd]\nendpoints = []\n", "discovery.etcd.endpoints"),
-        ("[pool.p.discovery.etcd]\nendpoints = [\"https://e:2379\"]\n", "https"),
-        ("[pool.p.discovery.etcd]\nprefix = \"\"\n", "discovery.etcd.prefix"),
+        (
+            "[pool.p.discovery.dns]\nname = \"\"\nport = 80\n",
+            "discovery.dns.name",
+        ),
+        (
+            "[pool.p.discovery.dns]\nname = \"x\"\nport = 0\n",
+            "discovery.dns.port",
+        ),
+        (
+            "[pool.p.discovery.dns]\nname = \"x\"\nport = 1\nfamily = \"ipv5\"\n",
+            "family",
+        ),
+        (
+            "[pool.p.discovery.etcd]\nendpoints = []\n",
+            "discovery.etcd.endpoints",
+        ),
+        (
+            "[pool.p.discovery.etcd]\nendpoints = [\"https://e:2379\"]\n",
+            "https",
+        ),
+        (
+            "[pool.p.discovery.etcd]\nprefix = \"\"\n",
+            "discovery.etcd.prefix",
+        ),
         ("[pool.p.discovery.etcd]\nwatch = true\n", "unknown field"),
         ("", "servers"), // no static servers and no discovery
     ];
@@ -126,14 +154,14 @@ async fn discovery_keys_are_checked() {
         let e = ragfleet_gateway::Config::parse(&format!("{base}{extra}"), "gw.toml")
             .unwrap_err()
             .to_string();
-        assert!(e.contains(needle) && e.contains("gw.toml"), "{extra:?}: {e}");
+        assert!(
+            e.contains(needle) && e.contains("gw.toml"),
+            "{extra:?}: {e}"
+        );
     }
     // Discovery alone (no static servers) is a valid pool; defaults apply.
-    let c = ragfleet_gateway::Config::parse(
-        &format!("{base}[pool.p.discovery.etcd]\n"),
-        "gw.toml",
-    )
-    .unwrap();
+    let c = ragfleet_gateway::Config::parse(&format!("{base}[pool.p.discovery.etcd]\n"), "gw.toml")
+        .unwrap();
     let e = c.pools["p"].discovery.etcd.as_ref().unwrap();
     assert_eq!(e.prefix, "/ragfleet/nodes/");
     assert_eq!(e.endpoints, vec!["http://127.0.0.1:2379".to_string()]);

@@ -39,7 +39,11 @@ async fn servers_follow_etcd_under_load() {
     assert_eq!(r.status, 503, "{}", r.body);
 
     // A node registers the way ragfleet nodes do (JSON value).
-    etcd.put(&format!("{PREFIX}n1"), &format!(r#"{{"addr":"{sa}","weight":1}}"#)).await;
+    etcd.put(
+        &format!("{PREFIX}n1"),
+        &format!(r#"{{"addr":"{sa}","weight":1}}"#),
+    )
+    .await;
     // Keys outside the prefix and broken values are ignored.
     etcd.put("/test/other/x", &sb).await;
     etcd.put(&format!("{PREFIX}broken"), "not an address").await;
@@ -50,14 +54,26 @@ async fn servers_follow_etcd_under_load() {
 
     // A second node, plain host:port value.
     etcd.put(&format!("{PREFIX}n2"), &sb).await;
-    assert!(eventually(10, || pool_addrs(&h, "p") == sorted(vec![sa.clone(), sb.clone()])).await);
+    assert!(
+        eventually(10, || pool_addrs(&h, "p")
+            == sorted(vec![sa.clone(), sb.clone()]))
+        .await
+    );
     assert!(eventually(10, || load.count("b") > 20).await);
 
     // A weight change through etcd.
-    etcd.put(&format!("{PREFIX}n1"), &format!(r#"{{"addr":"{sa}","weight":3}}"#)).await;
+    etcd.put(
+        &format!("{PREFIX}n1"),
+        &format!(r#"{{"addr":"{sa}","weight":3}}"#),
+    )
+    .await;
     assert!(
-        eventually(10, || h.pool("p").and_then(|p| p.server(&sa)).map(|s| s.weight()) == Some(3))
-            .await
+        eventually(10, || h
+            .pool("p")
+            .and_then(|p| p.server(&sa))
+            .map(|s| s.weight())
+            == Some(3))
+        .await
     );
 
     // n1 deregisters: a gets no new requests.
@@ -87,12 +103,20 @@ async fn servers_follow_etcd_under_load() {
 
     // etcd comes back (same data): the gateway lists and watches again.
     etcd.restart().await;
-    etcd.put(&format!("{PREFIX}n3"), &format!(r#"{{"addr":"{sc}"}}"#)).await;
-    assert!(eventually(15, || pool_addrs(&h, "p") == sorted(vec![sb.clone(), sc.clone()])).await);
+    etcd.put(&format!("{PREFIX}n3"), &format!(r#"{{"addr":"{sc}"}}"#))
+        .await;
+    assert!(
+        eventually(15, || pool_addrs(&h, "p")
+            == sorted(vec![sb.clone(), sc.clone()]))
+        .await
+    );
     assert!(eventually(10, || load.count("c") > 20).await);
     let m = scrape(admin, None).await;
     assert_eq!(
-        m.one("ragfleet_gateway_discovery_servers", &[("pool", "p"), ("source", "etcd")]),
+        m.one(
+            "ragfleet_gateway_discovery_servers",
+            &[("pool", "p"), ("source", "etcd")]
+        ),
         Some(2.0)
     );
     let r = admin_call(admin, "GET", "/admin/pools/p", None, "").await;

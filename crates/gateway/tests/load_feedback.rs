@@ -10,7 +10,14 @@ use common::*;
 use ops_common::*;
 
 async fn load_of(admin: std::net::SocketAddr, addr: &str) -> f64 {
-    let r = admin_call(admin, "GET", &format!("/admin/pools/p/servers/{addr}"), None, "").await;
+    let r = admin_call(
+        admin,
+        "GET",
+        &format!("/admin/pools/p/servers/{addr}"),
+        None,
+        "",
+    )
+    .await;
     json(&r)["load"].as_f64().unwrap()
 }
 
@@ -21,7 +28,10 @@ async fn wait_load(admin: std::net::SocketAddr, addr: &str, want: f64) {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("{addr} never reported load {want} (has {})", load_of(admin, addr).await);
+    panic!(
+        "{addr} never reported load {want} (has {})",
+        load_of(admin, addr).await
+    );
 }
 
 /// Send `n` requests (2 at a time) and return how many `x` answered.
@@ -54,7 +64,10 @@ async fn p2c_sends_fewer_requests_to_a_node_reporting_load() {
     wait_load(admin, &sx, 10.0).await;
     assert_eq!(load_of(admin, &sy).await, 0.0);
     let m = scrape(admin, None).await;
-    assert_eq!(m.one("ragfleet_gateway_server_load", &[("server", &sx)]), Some(10.0));
+    assert_eq!(
+        m.one("ragfleet_gateway_server_load", &[("server", &sx)]),
+        Some(10.0)
+    );
 
     let on_x = share(&gw, 200).await;
     assert!(on_x < 40, "loaded x still got {on_x}/200");

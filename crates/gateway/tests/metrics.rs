@@ -14,7 +14,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Poll /metrics until `cond` holds (the last counters are written just
 /// after the last response byte); panic with the exposition otherwise.
-async fn until(admin: std::net::SocketAddr, what: &str, cond: impl Fn(&Metrics) -> bool) -> Metrics {
+async fn until(
+    admin: std::net::SocketAddr,
+    what: &str,
+    cond: impl Fn(&Metrics) -> bool,
+) -> Metrics {
     for _ in 0..250 {
         let m = scrape(admin, None).await;
         if cond(&m) {
@@ -23,12 +27,11 @@ async fn until(admin: std::net::SocketAddr, what: &str, cond: impl Fn(&Metrics) 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let m = scrape(admin, None).await;
-    let text: Vec<String> = m
-        .0
-        .iter()
-        .filter(|s| s.name.starts_with("ragfleet_gateway_requests") || s.name.contains("open"))
-        .map(|s| format!("{} {:?} {}", s.name, s.labels, s.value))
-        .collect();
+    let text: Vec<String> =
+        m.0.iter()
+            .filter(|s| s.name.starts_with("ragfleet_gateway_requests") || s.name.contains("open"))
+            .map(|s| format!("{} {:?} {}", s.name, s.labels, s.value))
+            .collect();
     panic!("metrics never showed {what}:\n{}", text.join("\n"));
 }
 
@@ -67,7 +70,9 @@ async fn counters_match_the_requests_made_per_instance() {
 
     let (sa, sb) = (a.addr.to_string(), b.addr.to_string());
     let m = until(admin1, "8 requests on g1", |m| m.sum(REQ, &[]) == 8.0).await;
-    let lbl = |s: &'static str, c: &'static str| [("route", "/"), ("pool", "p"), ("server", s), ("code", c)];
+    let lbl = |s: &'static str, c: &'static str| {
+        [("route", "/"), ("pool", "p"), ("server", s), ("code", c)]
+    };
     let sa: &'static str = Box::leak(sa.into_boxed_str());
     let sb: &'static str = Box::leak(sb.into_boxed_str());
     assert_eq!(m.one(REQ, &lbl(sa, "2xx")), Some(4.0));
@@ -75,8 +80,14 @@ async fn counters_match_the_requests_made_per_instance() {
     assert_eq!(m.one(REQ, &lbl(sb, "5xx")), Some(1.0));
     assert_eq!(m.one(REQ, &lbl(sa, "5xx")), None);
     let rp = [("route", "/"), ("pool", "p")];
-    assert_eq!(m.one("ragfleet_gateway_response_headers_seconds_count", &rp), Some(8.0));
-    assert_eq!(m.one("ragfleet_gateway_request_duration_seconds_count", &rp), Some(8.0));
+    assert_eq!(
+        m.one("ragfleet_gateway_response_headers_seconds_count", &rp),
+        Some(8.0)
+    );
+    assert_eq!(
+        m.one("ragfleet_gateway_request_duration_seconds_count", &rp),
+        Some(8.0)
+    );
     // Bodies are the upstream's name: one byte each.
     assert_eq!(m.one("ragfleet_gateway_sent_bytes_total", &rp), Some(8.0));
     assert_eq!(m.one("ragfleet_gateway_requests_in_flight", &[]), Some(0.0));
@@ -90,12 +101,18 @@ async fn counters_match_the_requests_made_per_instance() {
         assert_eq!(m.one("ragfleet_gateway_server_available", &l), Some(1.0));
         assert_eq!(m.one("ragfleet_gateway_server_weight", &l), Some(1.0));
         assert_eq!(
-            m.one("ragfleet_gateway_server_up", &[("server", s), ("check", "passive")]),
+            m.one(
+                "ragfleet_gateway_server_up",
+                &[("server", s), ("check", "passive")]
+            ),
             Some(1.0)
         );
     }
     assert_eq!(
-        m.one("ragfleet_gateway_config_reloads_total", &[("result", "success")]),
+        m.one(
+            "ragfleet_gateway_config_reloads_total",
+            &[("result", "success")]
+        ),
         Some(0.0)
     );
     // Bounded labels: no paths, no query strings, no client addresses.
@@ -116,7 +133,15 @@ async fn counters_match_the_requests_made_per_instance() {
         Some(1.0)
     );
     assert_eq!(
-        m2.one(REQ, &[("route", "none"), ("pool", "none"), ("server", "none"), ("code", "4xx")]),
+        m2.one(
+            REQ,
+            &[
+                ("route", "none"),
+                ("pool", "none"),
+                ("server", "none"),
+                ("code", "4xx")
+            ]
+        ),
         Some(1.0)
     );
     // And g1 still has 8.
@@ -157,14 +182,21 @@ async fn gauges_follow_in_flight_requests_streams_and_tunnels() {
     .await;
 
     // An open SSE stream counts until it ends.
-    let res = send_from(None, gw.addr, request("GET", gw.addr, "/sse-gated", &[], ""))
-        .await
-        .unwrap();
+    let res = send_from(
+        None,
+        gw.addr,
+        request("GET", gw.addr, "/sse-gated", &[], ""),
+    )
+    .await
+    .unwrap();
     let mut body = res.into_body();
     let first = body.frame().await.unwrap().unwrap();
     assert!(first.data_ref().is_some());
     let m = scrape(admin, None).await;
-    assert_eq!(m.one("ragfleet_gateway_streams_open", &[("pool", "p")]), Some(1.0));
+    assert_eq!(
+        m.one("ragfleet_gateway_streams_open", &[("pool", "p")]),
+        Some(1.0)
+    );
     a.state.sse_ack.send_replace(SSE_EVENTS);
     while let Some(f) = body.frame().await {
         f.unwrap();
@@ -182,7 +214,10 @@ async fn gauges_follow_in_flight_requests_streams_and_tunnels() {
     sock.send(Message::text("ping")).await.unwrap();
     assert_eq!(sock.next().await.unwrap().unwrap(), Message::text("ping"));
     let m = scrape(admin, None).await;
-    assert_eq!(m.one("ragfleet_gateway_websockets_open", &[("pool", "ws")]), Some(1.0));
+    assert_eq!(
+        m.one("ragfleet_gateway_websockets_open", &[("pool", "ws")]),
+        Some(1.0)
+    );
     assert_eq!(m.one("ragfleet_gateway_requests_in_flight", &[]), Some(1.0));
     sock.close(None).await.unwrap();
     drop(sock);
@@ -193,8 +228,16 @@ async fn gauges_follow_in_flight_requests_streams_and_tunnels() {
     .await;
     assert_eq!(m.one("ragfleet_gateway_requests_in_flight", &[]), Some(0.0));
     // Tunnel bytes were counted both ways (frames "ping" + close each way).
-    assert!(m.one("ragfleet_gateway_received_bytes_total", &[("route", "/ws")]).unwrap() > 0.0);
-    assert!(m.one("ragfleet_gateway_sent_bytes_total", &[("route", "/ws")]).unwrap() > 0.0);
+    assert!(
+        m.one("ragfleet_gateway_received_bytes_total", &[("route", "/ws")])
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        m.one("ragfleet_gateway_sent_bytes_total", &[("route", "/ws")])
+            .unwrap()
+            > 0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,8 +269,15 @@ async fn retries_and_passive_and_active_health_are_exported() {
     let b_hits = b.hits() as f64;
     assert!(b_hits >= 1.0);
     let m = until(admin, "9 requests", |m| m.sum(REQ, &[]) == 9.0).await;
-    assert_eq!(m.one("ragfleet_gateway_retries_total", &[("pool", "p")]), Some(b_hits));
-    assert_eq!(m.sum(REQ, &[("server", sb)]), 0.0, "b never gave the final answer");
+    assert_eq!(
+        m.one("ragfleet_gateway_retries_total", &[("pool", "p")]),
+        Some(b_hits)
+    );
+    assert_eq!(
+        m.sum(REQ, &[("server", sb)]),
+        0.0,
+        "b never gave the final answer"
+    );
     assert_eq!(m.sum(REQ, &[("code", "2xx")]), 9.0);
 
     // c killed: the first request that tries it marks it down (passive).
@@ -237,24 +287,37 @@ async fn retries_and_passive_and_active_health_are_exported() {
     }
     let m = scrape(admin, None).await;
     assert_eq!(
-        m.one("ragfleet_gateway_server_up", &[("server", sc), ("check", "passive")]),
+        m.one(
+            "ragfleet_gateway_server_up",
+            &[("server", sc), ("check", "passive")]
+        ),
         Some(0.0)
     );
     assert_eq!(
         m.one("ragfleet_gateway_server_available", &[("server", sc)]),
         Some(0.0)
     );
-    assert!(m.one("ragfleet_gateway_server_failures_total", &[("server", sc)]).unwrap() >= 1.0);
+    assert!(
+        m.one("ragfleet_gateway_server_failures_total", &[("server", sc)])
+            .unwrap()
+            >= 1.0
+    );
 
     // a reports unhealthy: the active check takes it out (fall = 1).
     a.state.healthy.store(false, SeqCst);
     until(admin, "a actively down", |m| {
-        m.one("ragfleet_gateway_server_up", &[("server", sa), ("check", "active")]) == Some(0.0)
+        m.one(
+            "ragfleet_gateway_server_up",
+            &[("server", sa), ("check", "active")],
+        ) == Some(0.0)
     })
     .await;
     a.state.healthy.store(true, SeqCst);
     until(admin, "a actively up again", |m| {
-        m.one("ragfleet_gateway_server_up", &[("server", sa), ("check", "active")]) == Some(1.0)
+        m.one(
+            "ragfleet_gateway_server_up",
+            &[("server", sa), ("check", "active")],
+        ) == Some(1.0)
     })
     .await;
 }
@@ -266,9 +329,14 @@ fn the_parser_rejects_broken_expositions() {
     assert!(parse_prometheus("# TYPE x counter\nx{a=\"1} 1\n").is_err());
     assert!(parse_prometheus("# TYPE x counter\nx{a=1} 1\n").is_err());
     assert!(parse_prometheus("# TYPE x counter\nx one\n").is_err());
-    assert!(parse_prometheus("# TYPE x counter\nx 1\nx 2\n").is_err(), "duplicate");
-    let h = "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n";
+    assert!(
+        parse_prometheus("# TYPE x counter\nx 1\nx 2\n").is_err(),
+        "duplicate"
+    );
+    let h =
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n";
     assert!(parse_prometheus(h).is_err(), "not cumulative");
-    let h = "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 3\n";
+    let h =
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 3\n";
     assert!(parse_prometheus(h).is_err(), "+Inf != count");
 }

@@ -51,9 +51,13 @@ async fn streams_and_tunnels_survive_reloads_that_remove_their_servers() {
     // Open SSE streams on a (gated: they stay open until the test acks)...
     let mut streams = Vec::new();
     for _ in 0..3 {
-        let res = send_from(None, gw.addr, request("GET", gw.addr, "/sse-gated", &[], ""))
-            .await
-            .unwrap();
+        let res = send_from(
+            None,
+            gw.addr,
+            request("GET", gw.addr, "/sse-gated", &[], ""),
+        )
+        .await
+        .unwrap();
         assert_eq!(res.status(), 200);
         let mut body = res.into_body();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -112,7 +116,10 @@ async fn streams_and_tunnels_survive_reloads_that_remove_their_servers() {
     // The old tunnels to w1 still work both ways...
     for t in tunnels.iter_mut() {
         t.send(Message::text("still there?")).await.unwrap();
-        assert_eq!(t.next().await.unwrap().unwrap(), Message::text("still there?"));
+        assert_eq!(
+            t.next().await.unwrap().unwrap(),
+            Message::text("still there?")
+        );
     }
     // ...and the old streams deliver every remaining event and end cleanly.
     a.state.sse_ack.send_replace(SSE_EVENTS);
@@ -132,7 +139,10 @@ async fn streams_and_tunnels_survive_reloads_that_remove_their_servers() {
         assert!(text.contains("event 9"));
     }
     let m = scrape(admin, None).await;
-    assert_eq!(m.one("ragfleet_gateway_websockets_open", &[("pool", "ws")]), Some(4.0));
+    assert_eq!(
+        m.one("ragfleet_gateway_websockets_open", &[("pool", "ws")]),
+        Some(4.0)
+    );
     for t in tunnels.iter_mut() {
         t.close(None).await.unwrap();
     }
@@ -141,11 +151,31 @@ async fn streams_and_tunnels_survive_reloads_that_remove_their_servers() {
 
     let (ok, failures) = load.stop().await;
     assert!(ok > 100, "load made only {ok} requests");
-    assert!(failures.is_empty(), "{} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     let m = scrape(admin, None).await;
-    assert_eq!(m.one("ragfleet_gateway_config_reloads_total", &[("result", "success")]), Some(11.0));
-    assert_eq!(m.one("ragfleet_gateway_config_reloads_total", &[("result", "failure")]), Some(1.0));
-    assert_eq!(m.one("ragfleet_gateway_config_last_reload_successful", &[]), Some(1.0));
+    assert_eq!(
+        m.one(
+            "ragfleet_gateway_config_reloads_total",
+            &[("result", "success")]
+        ),
+        Some(11.0)
+    );
+    assert_eq!(
+        m.one(
+            "ragfleet_gateway_config_reloads_total",
+            &[("result", "failure")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.one("ragfleet_gateway_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
     drop(s2);
 }
 
@@ -169,7 +199,10 @@ async fn servers_that_stay_keep_their_state() {
     assert!(summary.servers_added.is_empty() && summary.servers_removed.is_empty());
     let new_pool = gw.handle.pool("p").unwrap();
     assert!(!Arc::ptr_eq(&pool, &new_pool));
-    assert_eq!(new_pool.policy(), ragfleet_gateway::config::Policy::LeastConn);
+    assert_eq!(
+        new_pool.policy(),
+        ragfleet_gateway::config::Policy::LeastConn
+    );
     let sa2 = new_pool.server(&a.addr.to_string()).unwrap();
     assert!(Arc::ptr_eq(&sa, &sa2), "same server state object");
     assert!(sa2.is_drained(), "drain survives the reload");
@@ -241,14 +274,21 @@ async fn an_invalid_config_on_reload_keeps_the_old_one() {
     std::fs::write(&file, cfg(&[&b], &w, "").replace("policy =", "polcy =")).unwrap();
     let e = gw.handle.reload_from_path().await.unwrap_err().to_string();
     assert!(e.contains("unknown field") && e.contains("polcy"), "{e}");
-    std::fs::write(&file, cfg(&[&b], &w, "").replace("pool = \"ws\"", "pool = \"wss\"")).unwrap();
+    std::fs::write(
+        &file,
+        cfg(&[&b], &w, "").replace("pool = \"ws\"", "pool = \"wss\""),
+    )
+    .unwrap();
     let e = gw.handle.reload_from_path().await.unwrap_err().to_string();
     assert!(e.contains(&fname) && e.contains("route[1].pool"), "{e}");
     // The same through the admin API.
     let r = admin_call(admin, "POST", "/admin/reload", None, "").await;
     assert_eq!(r.status, 422);
     let msg = json(&r)["error"]["message"].as_str().unwrap().to_string();
-    assert!(msg.contains(&fname) && msg.contains("route[1].pool"), "{msg}");
+    assert!(
+        msg.contains(&fname) && msg.contains("route[1].pool"),
+        "{msg}"
+    );
     // A missing file.
     std::fs::remove_file(&file).unwrap();
     assert!(gw.handle.reload_from_path().await.is_err());
@@ -259,19 +299,47 @@ async fn an_invalid_config_on_reload_keeps_the_old_one() {
     }
     assert_eq!(pool_addrs(&gw.handle, "p"), vec![a.addr.to_string()]);
     let m = scrape(admin, None).await;
-    assert_eq!(m.one("ragfleet_gateway_config_reloads_total", &[("result", "failure")]), Some(5.0));
-    assert_eq!(m.one("ragfleet_gateway_config_reloads_total", &[("result", "success")]), Some(0.0));
-    assert_eq!(m.one("ragfleet_gateway_config_last_reload_successful", &[]), Some(0.0));
+    assert_eq!(
+        m.one(
+            "ragfleet_gateway_config_reloads_total",
+            &[("result", "failure")]
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        m.one(
+            "ragfleet_gateway_config_reloads_total",
+            &[("result", "success")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.one("ragfleet_gateway_config_last_reload_successful", &[]),
+        Some(0.0)
+    );
 
     // A valid one is then taken.
     std::fs::write(&file, cfg(&[&b], &w, "")).unwrap();
     let r = admin_call(admin, "POST", "/admin/reload", None, "").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(json(&r)["changes"]["servers_added"][0], format!("p/{}", b.addr));
+    assert_eq!(
+        json(&r)["changes"]["servers_added"][0],
+        format!("p/{}", b.addr)
+    );
     assert_eq!(gw.get("/x").await.body, "b");
     let m = scrape(admin, None).await;
-    assert_eq!(m.one("ragfleet_gateway_config_last_reload_successful", &[]), Some(1.0));
-    assert!(m.one("ragfleet_gateway_config_last_reload_success_timestamp_seconds", &[]).unwrap() > 1.7e9);
+    assert_eq!(
+        m.one("ragfleet_gateway_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
+    assert!(
+        m.one(
+            "ragfleet_gateway_config_last_reload_success_timestamp_seconds",
+            &[]
+        )
+        .unwrap()
+            > 1.7e9
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,7 +360,10 @@ async fn file_changes_are_reloaded() {
     let reloads = |result: &'static str| async move {
         scrape(admin, None)
             .await
-            .one("ragfleet_gateway_config_reloads_total", &[("result", result)])
+            .one(
+                "ragfleet_gateway_config_reloads_total",
+                &[("result", result)],
+            )
             .unwrap()
     };
 

@@ -50,7 +50,9 @@ pub fn parse_endpoint(s: &str) -> Result<Uri, String> {
         return Err(format!("{s:?} has no host"));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!("{s:?} must not have a path (write http://host:port)"));
+        return Err(format!(
+            "{s:?} must not have a path (write http://host:port)"
+        ));
     }
     Ok(uri)
 }
@@ -82,11 +84,11 @@ pub fn parse_value(value: &[u8], default_weight: u32) -> Result<Found, String> {
             .to_string();
         let weight = match v.get("weight") {
             None | Some(Value::Null) => default_weight,
-            Some(w) => w
-                .as_u64()
-                .filter(|w| (1..=1000).contains(w))
-                .ok_or_else(|| format!("weight {w} is not in 1..=1000"))?
-                as u32,
+            Some(w) => {
+                w.as_u64()
+                    .filter(|w| (1..=1000).contains(w))
+                    .ok_or_else(|| format!("weight {w} is not in 1..=1000"))? as u32
+            }
         };
         (addr, weight)
     } else {
@@ -231,7 +233,9 @@ impl Etcd {
                 Some(Err(e)) => return format!("the watch stream broke: {}", chain(&e)),
                 Some(Ok(f)) => f,
             };
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             buf.extend_from_slice(&data);
             let mut de = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
             let mut msgs = Vec::new();
@@ -259,7 +263,12 @@ impl Etcd {
                     return format!("the watch was canceled (compact_revision {compact}) {reason}");
                 }
                 let mut any = false;
-                for ev in r.get("events").and_then(Value::as_array).into_iter().flatten() {
+                for ev in r
+                    .get("events")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     let kv = ev.get("kv");
                     let key = b64(kv.and_then(|k| k.get("key")));
                     if ev.get("type").and_then(Value::as_str) == Some("DELETE") {
@@ -382,7 +391,10 @@ mod tests {
 
     #[test]
     fn prefix_ends() {
-        assert_eq!(prefix_end(b"/ragfleet/nodes/"), b"/ragfleet/nodes0".to_vec());
+        assert_eq!(
+            prefix_end(b"/ragfleet/nodes/"),
+            b"/ragfleet/nodes0".to_vec()
+        );
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
         assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
     }

@@ -123,12 +123,18 @@ impl DiscoveryConfig {
                 return bad("dns.interval", "must be > 0".into());
             }
             if d.weight == 0 || d.weight > 1000 {
-                return bad("dns.weight", format!("{} is out of range 1..=1000", d.weight));
+                return bad(
+                    "dns.weight",
+                    format!("{} is out of range 1..=1000", d.weight),
+                );
             }
         }
         if let Some(e) = &self.etcd {
             if e.endpoints.is_empty() {
-                return bad("etcd.endpoints", "needs at least one http://host:port".into());
+                return bad(
+                    "etcd.endpoints",
+                    "needs at least one http://host:port".into(),
+                );
             }
             for (i, ep) in e.endpoints.iter().enumerate() {
                 if let Err(m) = etcd::parse_endpoint(ep) {
@@ -145,7 +151,10 @@ impl DiscoveryConfig {
                 return bad("etcd.backoff_max", "must be > 0".into());
             }
             if e.weight == 0 || e.weight > 1000 {
-                return bad("etcd.weight", format!("{} is out of range 1..=1000", e.weight));
+                return bad(
+                    "etcd.weight",
+                    format!("{} is out of range 1..=1000", e.weight),
+                );
             }
         }
         Ok(())

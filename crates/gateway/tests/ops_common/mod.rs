@@ -64,8 +64,12 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
             let mut parts = rest.trim_start().splitn(3, ' ');
             match parts.next() {
                 Some("TYPE") => {
-                    let name = parts.next().ok_or(format!("line {ln}: TYPE without name"))?;
-                    let ty = parts.next().ok_or(format!("line {ln}: TYPE without type"))?;
+                    let name = parts
+                        .next()
+                        .ok_or(format!("line {ln}: TYPE without name"))?;
+                    let ty = parts
+                        .next()
+                        .ok_or(format!("line {ln}: TYPE without type"))?;
                     if !valid_name(name) {
                         return Err(format!("line {ln}: bad metric name {name:?}"));
                     }
@@ -77,7 +81,9 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
                     }
                 }
                 Some("HELP") => {
-                    let name = parts.next().ok_or(format!("line {ln}: HELP without name"))?;
+                    let name = parts
+                        .next()
+                        .ok_or(format!("line {ln}: HELP without name"))?;
                     if !valid_name(name) {
                         return Err(format!("line {ln}: bad metric name {name:?}"));
                     }
@@ -190,7 +196,9 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
         let mut groups: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for s in out.iter().filter(|s| s.name == format!("{family}_bucket")) {
             let mut l = s.labels.clone();
-            let le = l.remove("le").ok_or(format!("{family}_bucket without le"))?;
+            let le = l
+                .remove("le")
+                .ok_or(format!("{family}_bucket without le"))?;
             groups
                 .entry(format!("{l:?}"))
                 .or_default()
@@ -201,7 +209,7 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
             if b.windows(2).any(|w| w[1].1 < w[0].1) {
                 return Err(format!("{family}{l}: buckets not cumulative"));
             }
-            let inf = b.last().map(|x| x).filter(|x| x.0.is_infinite());
+            let inf = b.last().filter(|x| x.0.is_infinite());
             let count = out
                 .iter()
                 .find(|s| s.name == format!("{family}_count") && format!("{:?}", s.labels) == l)
@@ -563,8 +571,8 @@ impl Etcd {
                 return;
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.dir.path().join("etcd.log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
                 panic!("etcd did not start:\n{log}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -592,7 +600,11 @@ impl Etcd {
             .unwrap();
         let res = tokio::time::timeout(
             Duration::from_secs(5),
-            send_from(None, addr, request("POST", addr, path, &[], &body.to_string())),
+            send_from(
+                None,
+                addr,
+                request("POST", addr, path, &[], &body.to_string()),
+            ),
         )
         .await
         .map_err(|_| "timeout".to_string())??;
