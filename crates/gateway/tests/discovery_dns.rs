@@ -169,11 +169,17 @@ async fn discovery_keys_are_checked() {
 
 #[test]
 fn the_cluster_example_is_valid() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/gateway-cluster.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../configs/gateway-cluster.toml"
+    );
     let c = ragfleet_gateway::Config::load(std::path::Path::new(path)).unwrap();
     let p = &c.pools["nodes"];
     assert!(p.servers.is_empty());
-    assert_eq!(p.discovery.etcd.as_ref().unwrap().prefix, "/ragfleet/nodes/");
+    assert_eq!(
+        p.discovery.etcd.as_ref().unwrap().prefix,
+        "/ragfleet/nodes/"
+    );
     assert_eq!(c.admin.as_ref().unwrap().addr.to_string(), "127.0.0.1:9901");
     let main = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/gateway.toml");
     let c = ragfleet_gateway::Config::load(std::path::Path::new(main)).unwrap();
