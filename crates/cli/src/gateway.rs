@@ -81,9 +81,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rt.worker_threads(cfg.listen.workers);
     }
     let rt = rt.build()?;
+    let watch = cfg.reload.watch;
     rt.block_on(async move {
         let gw = ragfleet_gateway::Gateway::bind(cfg).await?;
         tracing::info!(addr = %gw.local_addr(), "gateway listening");
+        let handle = gw.handle();
+        if let Some(admin) = handle.admin_addr() {
+            tracing::info!(%admin, "admin listener (metrics at /metrics, API at /admin/)");
+        }
+        // Hot reload from the file: on SIGHUP, and when it changes.
+        let mut _watcher = None;
+        if let Some(path) = &args.config {
+            handle.set_config_path(path);
+            ragfleet_gateway::reload::spawn_sighup(&handle);
+            if watch {
+                match ragfleet_gateway::reload::watch_config_file(&handle) {
+                    Ok(w) => _watcher = Some(w),
+                    Err(e) => tracing::warn!("not watching the configuration file: {e}"),
+                }
+            }
+        }
         gw.run_until(ragfleet_gateway::shutdown_signal()).await?;
         tracing::info!("gateway stopped");
         anyhow::Ok(())

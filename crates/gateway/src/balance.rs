@@ -193,6 +193,25 @@ pub fn ring_owner(cands: &[Cand<'_>], ring: &Ring, key: u64) -> usize {
 
 /// Power of two choices over peak-EWMA latency × (in-flight + 1) / weight.
 pub fn p2c(cands: &[Cand<'_>], now: u64) -> usize {
+    p2c_with_load(cands, now, 0.0)
+}
+
+/// Cost p2c compares: peak-EWMA latency × (in-flight + 1) × (1 + `load_weight`
+/// × reported load) / weight. The reported load comes from the server's
+/// health response (0 when idle or unknown), so a node busy with long
+/// generations costs more even before its latency shows it.
+pub fn p2c_cost(c: &Cand<'_>, now: u64, load_weight: f64) -> f64 {
+    let load = if load_weight > 0.0 {
+        1.0 + load_weight * c.server.load()
+    } else {
+        1.0
+    };
+    c.server.ewma_ns(now) * (c.server.inflight() + 1) as f64 * load / c.weight.max(1) as f64
+}
+
+/// Power of two choices: two distinct random candidates, the lower
+/// [`p2c_cost`] wins.
+pub fn p2c_with_load(cands: &[Cand<'_>], now: u64, load_weight: f64) -> usize {
     let n = cands.len();
     if n == 1 {
         return 0;
@@ -203,10 +222,7 @@ pub fn p2c(cands: &[Cand<'_>], now: u64) -> usize {
     if b >= a {
         b += 1;
     }
-    let cost = |c: &Cand<'_>| {
-        c.server.ewma_ns(now) * (c.server.inflight() + 1) as f64 / c.weight.max(1) as f64
-    };
-    if cost(&cands[b]) < cost(&cands[a]) {
+    if p2c_cost(&cands[b], now, load_weight) < p2c_cost(&cands[a], now, load_weight) {
         b
     } else {
         a

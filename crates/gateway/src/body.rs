@@ -148,6 +148,8 @@ impl Body for UpstreamBody {
 pub enum ProxyBody {
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
+    /// Any of the above, counted for the access log and metrics.
+    Observed(Box<crate::access_log::ObservedBody>),
 }
 
 impl ProxyBody {
@@ -170,6 +172,7 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Observed(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -177,6 +180,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Observed(b) => b.is_end_stream(),
         }
     }
 
@@ -184,6 +188,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Observed(b) => b.size_hint(),
         }
     }
 }

@@ -177,7 +177,19 @@ pub struct Config {
     /// Request rate limits (local, optionally shared through Redis).
     #[serde(default)]
     pub rate_limit: crate::limits::RateLimitConfig,
+    /// Admin listener (metrics, admin API); absent = no admin listener.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    #[serde(default)]
+    pub reload: ReloadConfig,
 }
+
+pub use crate::access_log::{AccessLogConfig, AccessLogFormat};
+pub use crate::admin::AdminConfig;
+pub use crate::discovery::{AddrFamily, DiscoveryConfig, DnsDiscovery, EtcdDiscovery};
+pub use crate::reload::ReloadConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -463,6 +475,8 @@ impl Default for Timeouts {
 pub struct PoolConfig {
     #[serde(default = "default_policy")]
     pub policy: Policy,
+    /// Static servers; may be empty when `discovery` finds them.
+    #[serde(default)]
     pub servers: Vec<ServerConfig>,
     #[serde(default = "one")]
     pub max_fails: u32,
@@ -488,6 +502,17 @@ pub struct PoolConfig {
     /// How long an idle upstream connection is kept.
     #[serde(default = "default_keepalive_timeout")]
     pub keepalive_timeout: Dur,
+    /// p2c: how strongly a server's reported load (health response) raises
+    /// its cost: cost × (1 + load_weight × load). 0 = ignore reported load.
+    #[serde(default = "default_load_weight")]
+    pub load_weight: f64,
+    /// Servers found at runtime (DNS, etcd), merged with `servers`.
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+}
+
+fn default_load_weight() -> f64 {
+    1.0
 }
 
 fn default_policy() -> Policy {
@@ -526,6 +551,8 @@ impl PoolConfig {
             timeouts: Timeouts::default(),
             keepalive: default_keepalive(),
             keepalive_timeout: default_keepalive_timeout(),
+            load_weight: default_load_weight(),
+            discovery: DiscoveryConfig::default(),
         }
     }
 }
@@ -624,6 +651,9 @@ impl Config {
             pools: BTreeMap::from([("default".to_string(), pool)]),
             tls: None,
             rate_limit: Default::default(),
+            admin: None,
+            access_log: AccessLogConfig::default(),
+            reload: ReloadConfig::default(),
         };
         cfg.validate(file)?;
         Ok(cfg)
@@ -691,10 +721,10 @@ impl Config {
         }
         for (name, p) in &self.pools {
             let key = |k: &str| format!("pool.{name}.{k}");
-            if p.servers.iter().all(|s| s.backup) {
+            if p.servers.iter().all(|s| s.backup) && !p.discovery.is_enabled() {
                 return bad(
                     key("servers"),
-                    "needs at least one server that is not a backup".into(),
+                    "needs at least one server that is not a backup (or [discovery])".into(),
                 );
             }
             let mut seen = std::collections::HashSet::new();
@@ -778,6 +808,23 @@ impl Config {
             if p.timeouts.websocket_idle.0.is_zero() {
                 return bad(key("timeouts.websocket_idle"), "must be > 0".into());
             }
+            if !(p.load_weight >= 0.0 && p.load_weight.is_finite()) {
+                return bad(
+                    key("load_weight"),
+                    format!("{} must be >= 0", p.load_weight),
+                );
+            }
+            if let Err((k, m)) = p.discovery.validate() {
+                return bad(key(&format!("discovery.{k}")), m);
+            }
+        }
+        if let Some(a) = &self.admin {
+            if let Err((k, m)) = a.validate() {
+                return bad(format!("admin.{k}"), m);
+            }
+        }
+        if self.reload.debounce.0 > Duration::from_secs(60) {
+            return bad("reload.debounce".into(), "must be at most 60s".into());
         }
         Ok(())
     }

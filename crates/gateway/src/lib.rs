@@ -13,6 +13,11 @@
 //!   keep-alive timeouts); [`tls`]: rustls termination, SNI, reload, the
 //!   HTTP→HTTPS redirect; [`limits`]: rate limits (local / Redis) and
 //!   connection limits; [`hygiene`]: what a request must look like.
+//! - `body`: streamed bodies with idle/total timeouts; `tunnel`: WebSocket.
+//! - [`metrics`]: per-instance Prometheus metrics; [`access_log`]: one line
+//!   per request; [`admin`]: the admin listener (metrics, JSON admin API);
+//! - [`reload`]: hot reload (SIGHUP, file watch, API) and per-pool
+//!   background tasks; [`discovery`]: DNS and etcd discovery.
 //!
 //! ```no_run
 //! # async fn f(cfg: ragfleet_gateway::config::Config) -> Result<(), ragfleet_gateway::Error> {
@@ -33,15 +38,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod access_log;
+pub mod admin;
 pub mod balance;
 mod body;
 pub mod config;
 mod conn;
+pub mod discovery;
 pub mod health;
 pub mod hygiene;
 pub mod limits;
+pub mod metrics;
 pub mod pool;
 mod proxy;
+pub mod reload;
 pub mod tls;
 mod tunnel;
 
@@ -94,8 +104,21 @@ impl Runtime {
             .map(|(_, p)| p)
     }
 
+    /// The longest matching route: its prefix and pool.
+    pub fn route_with_prefix(&self, path: &str) -> Option<(&str, &Arc<Pool>)> {
+        self.routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(prefix, p)| (prefix.as_str(), p))
+    }
+
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.get(name)
+    }
+
+    /// Every pool by name.
+    pub fn pools(&self) -> &BTreeMap<String, Arc<Pool>> {
+        &self.pools
     }
 }
 
@@ -109,6 +132,11 @@ pub(crate) struct Shared {
     pub(crate) hard_stop: CancellationToken,
     /// TLS, limits, hygiene settings and their counters.
     pub(crate) edge: conn::Edge,
+    /// This instance's metrics (rendered on the admin listener).
+    pub(crate) metrics: Arc<metrics::Metrics>,
+    /// Configuration in force, reload and background-task state.
+    pub(crate) ops: reload::Ops,
+    pub(crate) admin_addr: Option<SocketAddr>,
 }
 
 /// A bound, not yet serving gateway.
@@ -119,6 +147,7 @@ pub struct Gateway {
     config: Config,
     /// The plain-HTTP → HTTPS redirect listener (`[tls.redirect]`).
     redirect: Option<TcpListener>,
+    admin: Option<TcpListener>,
 }
 
 /// A cheap handle to a gateway's live state.
@@ -161,6 +190,26 @@ impl GatewayHandle {
     pub fn hygiene(&self) -> Arc<hygiene::HygieneCounters> {
         self.shared.edge.counters.clone()
     }
+
+    /// The routes and pools in force.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.shared.runtime.load_full()
+    }
+
+    /// Where the admin listener (metrics, admin API) listens, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.shared.admin_addr
+    }
+
+    /// This gateway's metrics.
+    pub fn metrics(&self) -> &Arc<metrics::Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The metrics in Prometheus text format (what `GET /metrics` returns).
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render(&self.shared.runtime.load())
+    }
 }
 
 impl Gateway {
@@ -189,6 +238,17 @@ impl Gateway {
             ),
             None => None,
         };
+        let admin = match config.admin.as_ref().filter(|a| a.enabled) {
+            Some(a) => Some(
+                TcpListener::bind(a.addr)
+                    .await
+                    .map_err(|source| Error::Bind {
+                        addr: a.addr,
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
         let default_proto = if tls.is_some() { "https" } else { "http" };
         let forwarded_proto = HeaderValue::from_str(
             config
@@ -208,19 +268,31 @@ impl Gateway {
             header_read_timeout: config.listen.header_read_timeout.0,
             keepalive_timeout: config.listen.keepalive_timeout.0,
         };
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime::new(&config)),
             forwarded_proto,
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
             edge,
+            metrics: Arc::new(metrics::Metrics::default()),
+            ops: reload::Ops::new(&config),
+            admin_addr,
         });
+        // The edge's counters (TLS, rate limits, hygiene) join /metrics.
+        let weak = Arc::downgrade(&shared);
+        shared.metrics.add_source(Box::new(move |o: &mut String| {
+            if let Some(s) = weak.upgrade() {
+                s.edge.render_metrics(o);
+            }
+        }));
         Ok(Gateway {
             listener,
             local_addr,
             shared,
             config,
             redirect,
+            admin,
         })
     }
 
@@ -249,13 +321,15 @@ impl Gateway {
             config,
             redirect,
             local_addr,
+            admin,
         } = self;
         let stop_accepting = CancellationToken::new();
-        let health_stop = CancellationToken::new();
-        for pool in shared.runtime.load().pools.values() {
-            if let Some(h) = pool.cfg.health.clone().filter(|h| h.enabled) {
-                tokio::spawn(health::run(pool.clone(), h, health_stop.clone()));
-            }
+        // Health checks, discovery, the admin listener and the reload
+        // watchers end when this function returns (or its future is dropped).
+        let _background = shared.ops.stop.clone().drop_guard();
+        reload::start_background(&shared);
+        if let Some(l) = admin {
+            tokio::spawn(admin::serve(l, shared.clone(), shared.ops.stop.clone()));
         }
         if let (Some(l), Some(r)) = (
             redirect,
@@ -294,7 +368,6 @@ impl Gateway {
         }
         drop(listener);
         stop_accepting.cancel();
-        health_stop.cancel();
         shared.tracker.close();
         let deadline = config.listen.shutdown_timeout.0;
         let pending = shared.tracker.len();

@@ -60,6 +60,11 @@ pub struct Server {
     pub(crate) rr_current: AtomicI64,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Weight as its source (config file, discovery) last gave it; an admin
+    /// weight change survives merges until the source's weight changes.
+    configured_weight: AtomicU32,
+    /// Load the server reports in its health response (f64 bits; 0 = idle).
+    load_bits: AtomicU64,
 }
 
 impl Server {
@@ -86,6 +91,8 @@ impl Server {
             rr_current: AtomicI64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            configured_weight: AtomicU32::new(weight.max(1)),
+            load_bits: AtomicU64::new(0f64.to_bits()),
         })
     }
 
@@ -98,9 +105,26 @@ impl Server {
     pub fn weight(&self) -> u32 {
         self.weight.load(Relaxed)
     }
-    /// Change the weight at runtime (admin API).
+    /// Change the weight at runtime. Anything derived from weights (the
+    /// hash ring) is rebuilt only by [`Pool::set_server_weight`]; use that.
     pub fn set_weight(&self, w: u32) {
         self.weight.store(w.max(1), Relaxed)
+    }
+    /// The weight its source (config file, discovery) last gave.
+    pub fn configured_weight(&self) -> u32 {
+        self.configured_weight.load(Relaxed)
+    }
+    pub(crate) fn set_configured_weight(&self, w: u32) {
+        self.configured_weight.store(w.max(1), Relaxed)
+    }
+    /// Load reported by the server's health response (0 = idle, 1 = every
+    /// generation slot busy, more = queueing; see `health::load_score`).
+    pub fn load(&self) -> f64 {
+        f64::from_bits(self.load_bits.load(Relaxed))
+    }
+    pub(crate) fn set_load(&self, load: f64) {
+        let l = if load.is_finite() { load.max(0.0) } else { 0.0 };
+        self.load_bits.store(l.to_bits(), Relaxed)
     }
     pub fn is_backup(&self) -> bool {
         self.backup
@@ -399,16 +423,18 @@ impl Pool {
             .iter()
             .filter_map(|s: &ServerConfig| Server::new(&s.addr, s.weight, s.backup).map(Arc::new))
             .collect();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.timeouts.connect.0));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.keepalive_timeout.0)
-            .pool_max_idle_per_host(cfg.keepalive)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+        Pool::with_state(name, cfg, servers, None)
+    }
+
+    /// A pool over given servers (kept from a previous pool on reload), reusing
+    /// an upstream client (and its keep-alive connections) when given.
+    pub(crate) fn with_state(
+        name: &str,
+        cfg: PoolConfig,
+        servers: Vec<Arc<Server>>,
+        client: Option<UpstreamClient>,
+    ) -> Pool {
+        let client = client.unwrap_or_else(|| Pool::new_client(&cfg));
         Pool {
             name: name.to_string(),
             budget: RetryBudget::new(cfg.retries.budget_ratio, cfg.retries.budget_min_per_sec),
@@ -417,6 +443,19 @@ impl Pool {
             pick_lock: Mutex::new(()),
             client,
         }
+    }
+
+    fn new_client(cfg: &PoolConfig) -> UpstreamClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(cfg.timeouts.connect.0));
+        connector.enforce_http(true);
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.keepalive_timeout.0)
+            .pool_max_idle_per_host(cfg.keepalive)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector)
     }
 
     pub fn name(&self) -> &str {
@@ -444,6 +483,17 @@ impl Pool {
     /// the servers they picked.
     pub fn set_servers(&self, servers: Vec<Arc<Server>>) {
         self.servers.store(Arc::new(ServerSet::new(servers)));
+    }
+
+    /// Change a server's weight at runtime and rebuild what derives from the
+    /// weights (the consistent-hash ring). False if no such server.
+    pub fn set_server_weight(&self, addr: &str, weight: u32) -> bool {
+        let Some(server) = self.server(addr) else {
+            return false;
+        };
+        server.set_weight(weight);
+        self.set_servers(self.servers());
+        true
     }
 
     pub fn snapshot(&self) -> Vec<ServerSnapshot> {
@@ -502,7 +552,7 @@ impl Pool {
                 Some(k) => balance::bounded_hash(&cands, &set.ring, k, self.cfg.hash.load_factor),
                 None => balance::smooth_wrr(&cands),
             },
-            Policy::P2c => balance::p2c(&cands, now),
+            Policy::P2c => balance::p2c_with_load(&cands, now, self.cfg.load_weight),
         };
         Some(set.servers[cands[chosen].index].start_request())
     }

@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::access_log::ObsRef;
 use crate::balance::hash64;
 use crate::body::{ProxyBody, ReqBody, UpstreamBody};
 use crate::config::{FailKind, HashKey, HostMode};
@@ -119,6 +120,15 @@ fn hash_key(src: &HashKey, req: &Request<Incoming>) -> Option<u64> {
     }
 }
 
+/// The client's X-Request-Id if sane, else a new UUID.
+fn request_id_of(h: &HeaderMap) -> HeaderValue {
+    match h.get(&X_REQUEST_ID) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+    }
+}
+
 /// Why an attempt failed before response headers arrived.
 enum AttemptError {
     Connect(String),
@@ -126,22 +136,41 @@ enum AttemptError {
     Timeout(Duration),
 }
 
+/// Serve one client request: observed (access log, metrics) around
+/// [`handle_inner`].
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if valid_request_id(v) => v.clone(),
-        _ => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
-    };
+    Ok(
+        crate::access_log::observe(shared, peer, req, |s, p, r| async move {
+            match handle_inner(s, p, r).await {
+                Ok(res) => res,
+                Err(never) => match never {},
+            }
+        })
+        .await,
+    )
+}
+
+async fn handle_inner(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let request_id = request_id_of(req.headers());
     // Hygiene and rate limits first: routes match the normalised path.
     let mut res = match crate::hygiene::admit(&shared, peer, req).await {
         Ok(req) => {
             let rt = shared.runtime.load_full();
-            match rt.route(req.uri().path()) {
-                Some(pool) => proxy(&shared, pool, peer, req, request_id.clone()).await,
+            match rt.route_with_prefix(req.uri().path()) {
+                Some((prefix, pool)) => {
+                    if let Some(obs) = req.extensions().get::<ObsRef>() {
+                        obs.0.set_route(prefix, pool);
+                    }
+                    proxy(&shared, pool, peer, req, request_id.clone()).await
+                }
                 None => {
                     let msg = format!("no route for {}", req.uri().path());
                     json_error(StatusCode::NOT_FOUND, "no_route", &msg)
@@ -175,6 +204,7 @@ async fn proxy(
     request_id: HeaderValue,
 ) -> Response<ProxyBody> {
     let cfg = &pool.cfg;
+    let obs = req.extensions().get::<ObsRef>().cloned();
     let websocket = is_websocket(req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let ctx = PickCtx {
@@ -277,6 +307,9 @@ async fn proxy(
         };
         let server = guard.server().clone();
         tried.push(server.clone());
+        if let Some(o) = &obs {
+            o.0.attempt(&server);
+        }
 
         let uri = match Uri::builder()
             .scheme("http")
@@ -342,7 +375,8 @@ async fn proxy(
                 server.observe_latency(started.elapsed());
                 if status == 101 {
                     if let Some(client_up) = client_upgrade {
-                        return tunnel(shared, res, client_up, guard, timeouts.websocket_idle.0);
+                        let idle = timeouts.websocket_idle.0;
+                        return tunnel(shared, res, client_up, guard, idle, obs);
                     }
                 }
                 return finish(res, guard);
@@ -423,11 +457,15 @@ fn tunnel(
     client_up: hyper::upgrade::OnUpgrade,
     guard: InflightGuard,
     idle: Duration,
+    obs: Option<ObsRef>,
 ) -> Response<ProxyBody> {
     let upstream_up = hyper::upgrade::on(&mut upstream_res);
     let hard_stop = shared.hard_stop.clone();
     shared.tracker.spawn(async move {
         let _guard = guard;
+        // Keeps the request's observation open (log line, metrics) and the
+        // open-WebSocket gauge up until the tunnel closes.
+        let _open = obs.as_ref().and_then(|o| o.0.websocket_open());
         let (client, upstream) = match tokio::try_join!(client_up, upstream_up) {
             Ok(x) => x,
             Err(e) => {
@@ -439,8 +477,18 @@ fn tunnel(
         let mut upstream = TokioIo::new(upstream);
         tokio::select! {
             r = crate::tunnel::copy_bidirectional_idle(&mut client, &mut upstream, idle) => {
-                if let Err(e) = r {
-                    tracing::debug!("websocket tunnel ended: {e}");
+                match r {
+                    Ok((up, down)) => {
+                        if let Some(o) = &obs {
+                            o.0.tunnel_bytes(up, down, true);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!("websocket tunnel ended: {e}");
+                        if let Some(o) = &obs {
+                            o.0.tunnel_bytes(0, 0, false);
+                        }
+                    }
                 }
             }
             _ = hard_stop.cancelled() => {}
