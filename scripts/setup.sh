@@ -14,11 +14,35 @@ command -v wrk >/dev/null || need_pkgs+=(wrk)
 command -v openssl >/dev/null || need_pkgs+=(openssl)   # the gateway benchmark's HTTPS certificate
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v pg_ctlcluster >/dev/null || need_pkgs+=(postgresql)
+# `docker compose config` validates deploy/compose.yaml (no daemon needed).
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null \
+  || need_pkgs+=(docker-compose)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# Debian ships Compose as the standalone `docker-compose` (v1.29), not as the
+# `docker compose` CLI plugin; when the plugin is missing, register a plugin
+# that hands `docker compose ...` to it, so the documented command works.
+if command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1 \
+  && command -v docker-compose >/dev/null; then
+  plugdir="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
+  mkdir -p "$plugdir"
+  cat >"$plugdir/docker-compose" <<'SHIM'
+#!/bin/sh
+# Docker CLI plugin: `docker compose ARGS` -> `docker-compose ARGS` (written by ragfleet's scripts/setup.sh).
+if [ "$1" = docker-cli-plugin-metadata ]; then
+  printf '{"SchemaVersion":"0.1.0","Vendor":"Debian docker-compose","Version":"%s","ShortDescription":"Docker Compose"}\n' \
+    "$(docker-compose version --short 2>/dev/null)"
+  exit 0
+fi
+shift
+exec docker-compose "$@"
+SHIM
+  chmod +x "$plugdir/docker-compose"
 fi
 
 # PostgreSQL on 127.0.0.1:5432 with trust auth and a `test` database.

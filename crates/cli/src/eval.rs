@@ -52,6 +52,12 @@ struct Common {
     /// Candidates each retriever contributes before fusion.
     #[arg(long, default_value_t = 100)]
     candidates: usize,
+    /// Weight of the BM25 list in hybrid fusion (default: the engine's).
+    #[arg(long)]
+    lexical_weight: Option<f32>,
+    /// Weight of the vector list in hybrid fusion (default: the engine's).
+    #[arg(long)]
+    vector_weight: Option<f32>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -65,6 +71,11 @@ struct RetrievalArgs {
     /// Evaluate this many queries (spread evenly over the file); default all.
     #[arg(long)]
     queries: Option<usize>,
+    /// Where in each step of the even spread to pick (0 ≤ phase < 1): two
+    /// runs with different phases evaluate disjoint query sets, e.g. a
+    /// development set to tune fusion on and a test set to report.
+    #[arg(long, default_value_t = 0.0)]
+    phase: f64,
     /// Qrels split (qrels/<split>.tsv).
     #[arg(long, default_value = "test")]
     split: String,
@@ -158,6 +169,12 @@ async fn open_engine(c: &Common, work: &Path, generators: Generators) -> anyhow:
     cfg.chunk.overlap_tokens = c.overlap_tokens;
     cfg.retrieval.rrf_k = c.rrf_k;
     cfg.retrieval.candidates = c.candidates;
+    if let Some(w) = c.lexical_weight {
+        cfg.retrieval.lexical_weight = w;
+    }
+    if let Some(w) = c.vector_weight {
+        cfg.retrieval.vector_weight = w;
+    }
     Engine::open(cfg, Arc::new(embedder), generators)
         .await
         .with_context(|| format!("opening the engine in {}", work.display()))
@@ -188,6 +205,9 @@ async fn ingest_all(engine: &Engine, docs: Vec<NewDocument>) -> anyhow::Result<(
 }
 
 async fn retrieval(a: RetrievalArgs) -> anyhow::Result<()> {
+    if !(0.0..1.0).contains(&a.phase) {
+        bail!("--phase must be at least 0 and below 1, not {}", a.phase);
+    }
     let data = a.data.clone();
     let split = a.split.clone();
     let ds = tokio::task::spawn_blocking(move || read_beir(&data, &split)).await??;
@@ -208,7 +228,7 @@ async fn retrieval(a: RetrievalArgs) -> anyhow::Result<()> {
         if n < queries.len() {
             let step = queries.len() as f64 / n as f64;
             queries = (0..n)
-                .filter_map(|i| queries.get((i as f64 * step) as usize).copied())
+                .filter_map(|i| queries.get(((i as f64 + a.phase) * step) as usize).copied())
                 .collect();
         }
     }

@@ -208,6 +208,10 @@ pub struct Turn {
     pub at: String,
 }
 
+fn default_weights() -> (f32, f32) {
+    (1.0, 1.0)
+}
+
 /// Retrieval settings of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRetrieval {
@@ -215,6 +219,9 @@ pub struct RunRetrieval {
     pub top_k: usize,
     pub rrf_k: f32,
     pub candidates: usize,
+    /// Fusion weights `(lexical, vector)` (absent in snapshots older than them).
+    #[serde(default = "default_weights")]
+    pub weights: (f32, f32),
     pub collection: Option<String>,
     #[serde(default)]
     pub filter: Metadata,

@@ -45,6 +45,10 @@ pub struct RetrievalConfig {
     pub rrf_k: f32,
     /// Candidates taken from each index before fusion.
     pub candidates: usize,
+    /// Weight of the BM25 list in hybrid fusion: score = Σ weight / (rrf_k + rank).
+    pub lexical_weight: f32,
+    /// Weight of the vector list in hybrid fusion.
+    pub vector_weight: f32,
 }
 
 impl Default for RetrievalConfig {
@@ -54,6 +58,8 @@ impl Default for RetrievalConfig {
             top_k: 5,
             rrf_k: 60.0,
             candidates: 50,
+            lexical_weight: 1.0,
+            vector_weight: 1.0,
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::index::lexical::{LexicalDoc, LexicalIndex};
 use crate::index::{KeyFilter, VectorIndex};
 use crate::ingest::split;
 use crate::prompt::{build_prompt, cited_numbers};
-use crate::retrieve::rrf;
+use crate::retrieve::weighted_rrf;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{now_rfc3339, ChangeOp, DocumentRecord, NewChunk, Store, StoredChunk};
 use crate::types::{Chunk, Document, Hit, NewDocument, RetrievalMode, DEFAULT_COLLECTION};
@@ -173,6 +173,16 @@ impl Engine {
             return Err(RagError::InvalidInput("no generator configured".into()));
         }
         generators.get(None)?;
+        for (name, w) in [
+            ("retrieval.lexical_weight", cfg.retrieval.lexical_weight),
+            ("retrieval.vector_weight", cfg.retrieval.vector_weight),
+        ] {
+            if w < 0.0 || !w.is_finite() {
+                return Err(RagError::InvalidInput(format!(
+                    "{name} must be a non-negative number, not {w}"
+                )));
+            }
+        }
         if cfg.retrieval.rrf_k < 0.0 || !cfg.retrieval.rrf_k.is_finite() {
             return Err(RagError::InvalidInput(format!(
                 "retrieval.rrf_k must be a non-negative number, not {}",
@@ -822,7 +832,14 @@ impl Engine {
         let ranked: Vec<(u64, f32)> = match mode {
             RetrievalMode::Lexical => lexical.into_iter().take(top_k).collect(),
             RetrievalMode::Vector => vector.into_iter().take(top_k).collect(),
-            RetrievalMode::Hybrid => rrf(&[&lexical, &vector], inner.cfg.retrieval.rrf_k, top_k),
+            RetrievalMode::Hybrid => {
+                let r = &inner.cfg.retrieval;
+                weighted_rrf(
+                    &[(&lexical, r.lexical_weight), (&vector, r.vector_weight)],
+                    r.rrf_k,
+                    top_k,
+                )
+            }
         };
         let keys: Vec<u64> = ranked.iter().map(|r| r.0).collect();
         let mut by_key: HashMap<u64, StoredChunk> = inner
@@ -943,6 +960,10 @@ impl Engine {
                 top_k,
                 rrf_k: inner.cfg.retrieval.rrf_k,
                 candidates: inner.cfg.retrieval.candidates.max(top_k),
+                weights: (
+                    inner.cfg.retrieval.lexical_weight,
+                    inner.cfg.retrieval.vector_weight,
+                ),
                 collection: req.collection.clone(),
                 filter: req.filter.clone(),
             },

@@ -294,6 +294,7 @@ async fn runs_round_trip() {
             top_k: 5,
             rrf_k: 60.0,
             candidates: 50,
+            weights: (1.0, 0.5),
             collection: None,
             filter: Metadata::new(),
         },
