@@ -298,6 +298,9 @@ pub struct ClusterConfig {
     /// How often the indexes check the store's change log for changes
     /// written by other nodes.
     pub follow_interval_ms: u64,
+    /// Once caught up, `/ready` stays 200 while the indexes lag the store
+    /// for less than this (then 503: the follower is stuck).
+    pub max_lag_ms: u64,
     pub etcd: EtcdConfig,
 }
 
@@ -308,6 +311,7 @@ impl Default for ClusterConfig {
             advertise: String::new(),
             weight: 1,
             follow_interval_ms: 250,
+            max_lag_ms: 5000,
             etcd: EtcdConfig::default(),
         }
     }

@@ -269,7 +269,10 @@ impl Node {
                     continue;
                 };
                 match engine.catch_up().await {
-                    Ok(_) => failing = false,
+                    Ok(_) => {
+                        failing = false;
+                        follow_state.note_caught_up();
+                    }
                     Err(e) if !failing => {
                         failing = true;
                         tracing::warn!(error = %e, "following the store's change log failed");

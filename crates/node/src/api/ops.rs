@@ -78,9 +78,20 @@ pub async fn ready(State(state): State<SharedState>) -> ApiResult<ApiJson<Ready>
         ));
     }
     let engine = state.engine()?;
-    engine.ready().await.map_err(|e| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()).retry_after(1)
-    })?;
+    match engine.ready().await {
+        Ok(()) => state.note_caught_up(),
+        // Once caught up, a lag shorter than the tolerance is the follower
+        // doing its job (another node just wrote): still ready.
+        Err(ragfleet_rag::RagError::Index(msg)) if state.lag_tolerated() => {
+            tracing::debug!(%msg, "indexes briefly behind the store");
+        }
+        Err(e) => {
+            return Err(
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
+                    .retry_after(1),
+            )
+        }
+    }
     Ok(ApiJson(Ready {
         ready: true,
         load: load(&state),
