@@ -148,6 +148,16 @@ pub struct StoreConfig {
     /// SQLite only: how long a write waits for another process's write
     /// before failing with "database is locked".
     pub busy_timeout_ms: u64,
+    /// How often a follower ([`crate::Engine::spawn_follower`]) polls the
+    /// change log (PostgreSQL also wakes it at once with NOTIFY).
+    pub poll_interval_ms: u64,
+}
+
+impl StoreConfig {
+    /// `poll_interval_ms` as a duration (at least 10 ms).
+    pub fn poll_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.poll_interval_ms.max(10))
+    }
 }
 
 impl Default for StoreConfig {
@@ -158,6 +168,7 @@ impl Default for StoreConfig {
             pool_size: 8,
             connect_timeout_ms: 5_000,
             busy_timeout_ms: 10_000,
+            poll_interval_ms: 1_000,
         }
     }
 }

@@ -15,6 +15,14 @@
 //! - `EngineConfig` has an extra `index` section ([`crate::config::IndexConfig`]).
 //! - Errors: `RagError::InvalidInput` for bad requests (empty query/message,
 //!   unknown generator, top_k 0) → HTTP 400; `NotFound` → 404; others → 500.
+//! - Cluster (issue 6): `EngineConfig::store` (`[store]`: `url` = absent →
+//!   `data_dir/ragfleet.db`, `sqlite://…`, `postgres://…`) and
+//!   `EngineConfig::memory` (`[memory]`: Redis conversation memory).
+//!   `Engine::spawn_follower(cfg.store.poll_interval()) -> FollowerHandle`
+//!   keeps the indexes in step with a shared store (keep the handle; drop or
+//!   `shutdown().await` stops it); `Engine::sync_state() -> SyncState` for
+//!   `/ready` details and metrics; `Engine::ready()` tolerates the lag of a
+//!   live follower only.
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
