@@ -32,7 +32,12 @@ pub struct Args {
     /// Generations run at once on this node.
     #[arg(long, env = "RAGFLEET_MAX_CONCURRENT_GENERATIONS")]
     pub max_concurrent_generations: Option<usize>,
-    /// Redis URL (`redis://127.0.0.1:6379`): streamed answers resume on any node.
+    /// Store URL: `sqlite:///path/ragfleet.db` (one file shared by the nodes
+    /// of a machine) or `postgres://user@host/db`; default: SQLite in --data.
+    #[arg(long, env = "RAGFLEET_STORE_URL")]
+    pub store_url: Option<String>,
+    /// Redis URL (`redis://127.0.0.1:6379`): conversation memory, and
+    /// streamed answers resumable on any node.
     #[arg(long, env = "RAGFLEET_REDIS_URL")]
     pub redis_url: Option<String>,
     /// etcd client URL to register this node in (repeat, or comma-separate).
@@ -87,8 +92,12 @@ impl Args {
         if let Some(v) = self.max_concurrent_generations {
             cfg.limits.max_concurrent_generations = v;
         }
+        if let Some(v) = &self.store_url {
+            cfg.store.url = Some(v.clone()).filter(|u| !u.is_empty());
+        }
         if let Some(v) = &self.redis_url {
             cfg.redis.url = v.clone();
+            cfg.memory.redis_url = Some(v.clone()).filter(|u| !u.is_empty());
         }
         if !self.etcd.is_empty() {
             cfg.cluster.etcd.endpoints = self

@@ -35,6 +35,11 @@ pub struct NodeConfig {
     pub generation: ragfleet_rag::generate::GenParams,
     /// Vector index settings.
     pub index: ragfleet_rag::config::IndexConfig,
+    /// The store: SQLite in `data_dir` (default), a shared SQLite file, or
+    /// PostgreSQL (`url`), and how the follower polls its change log.
+    pub store: ragfleet_rag::StoreConfig,
+    /// Shared conversation memory in Redis (`redis_url`).
+    pub memory: ragfleet_rag::MemoryConfig,
     /// Request limits and admission control.
     pub limits: Limits,
     /// Graceful shutdown.
@@ -63,6 +68,8 @@ impl Default for NodeConfig {
             prompt: engine.prompt,
             generation: engine.generation,
             index: engine.index,
+            store: engine.store,
+            memory: engine.memory,
             limits: Limits::default(),
             shutdown: ShutdownConfig::default(),
             redis: RedisConfig::default(),
@@ -295,12 +302,6 @@ pub struct ClusterConfig {
     pub advertise: String,
     /// Weight announced to the gateway (1..=1000).
     pub weight: u32,
-    /// How often the indexes check the store's change log for changes
-    /// written by other nodes.
-    pub follow_interval_ms: u64,
-    /// Once caught up, `/ready` stays 200 while the indexes lag the store
-    /// for less than this (then 503: the follower is stuck).
-    pub max_lag_ms: u64,
     pub etcd: EtcdConfig,
 }
 
@@ -310,8 +311,6 @@ impl Default for ClusterConfig {
             node_id: String::new(),
             advertise: String::new(),
             weight: 1,
-            follow_interval_ms: 250,
-            max_lag_ms: 5000,
             etcd: EtcdConfig::default(),
         }
     }
@@ -513,6 +512,8 @@ impl NodeConfig {
             prompt: self.prompt.clone(),
             generation: self.generation.clone(),
             index: self.index.clone(),
+            store: self.store.clone(),
+            memory: self.memory.clone(),
             ..Default::default()
         }
     }

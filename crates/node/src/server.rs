@@ -241,9 +241,12 @@ impl Node {
                 Some(e) => e,
                 None => open_engine(&open_state.config).await?,
             };
+            // Keep the indexes in step with the changes other nodes write
+            // to a shared store (LISTEN/NOTIFY on PostgreSQL, polling).
+            let follower = engine.spawn_follower(open_state.config.store.poll_interval());
             open_state.set_engine(engine);
             tracing::info!("engine ready");
-            Ok::<(), NodeError>(())
+            Ok::<_, NodeError>(follower)
         });
         let upkeep_handle = state.metrics.clone();
         let upkeep = tokio::spawn(async move {
@@ -254,46 +257,20 @@ impl Node {
             }
         });
 
-        // Keep the indexes in step with changes other nodes write to a
-        // shared store (polling the change log; idempotent).
-        let follow_state = state.clone();
-        let follower = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(
-                follow_state.config.cluster.follow_interval_ms.max(10),
-            ));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut failing = false;
-            loop {
-                tick.tick().await;
-                let Some(engine) = follow_state.engine_opt() else {
-                    continue;
-                };
-                match engine.catch_up().await {
-                    Ok(_) => {
-                        failing = false;
-                        follow_state.note_caught_up();
-                    }
-                    Err(e) if !failing => {
-                        failing = true;
-                        tracing::warn!(error = %e, "following the store's change log failed");
-                    }
-                    Err(_) => {}
-                }
-            }
-        });
         // etcd membership (nothing without endpoints).
         let leave = tokio_util::sync::CancellationToken::new();
         let membership = tokio::spawn(crate::membership::run(state.clone(), leave.clone()));
 
         tokio::pin!(shutdown);
         let mut opened = false;
+        let mut follower = None;
         let result = loop {
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
                 res = &mut open_task, if !opened => {
                     opened = true;
                     match res {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(f)) => follower = Some(f),
                         Ok(Err(e)) => {
                             let _ = state.engine_error.set(e.to_string());
                             break Err(e);
@@ -307,7 +284,6 @@ impl Node {
                 }
                 res = &mut server_task => {
                     upkeep.abort();
-                    follower.abort();
                     leave.cancel();
                     return match res {
                         Ok(Ok(())) => Ok(()),
@@ -351,7 +327,9 @@ impl Node {
         }
         open_task.abort();
         upkeep.abort();
-        follower.abort();
+        if let Some(f) = follower {
+            f.shutdown().await;
+        }
         if let Some(engine) = state.engine_opt() {
             if let Err(e) = engine.flush().await {
                 tracing::warn!(error = %e, "flushing the indexes failed");

@@ -36,8 +36,6 @@ pub struct AppState {
     pub advertise: OnceLock<String>,
     /// Registered in etcd now (false without etcd).
     pub registered: AtomicBool,
-    /// When the indexes were last found caught up with the store.
-    caught_up_at: std::sync::Mutex<Option<Instant>>,
 }
 
 impl AppState {
@@ -54,7 +52,6 @@ impl AppState {
             node_id: OnceLock::new(),
             advertise: OnceLock::new(),
             registered: AtomicBool::new(false),
-            caught_up_at: std::sync::Mutex::new(None),
             config,
             engine: OnceLock::new(),
             engine_error: OnceLock::new(),
@@ -66,22 +63,6 @@ impl AppState {
             streams_done: Notify::new(),
             metrics: crate::metrics::handle(),
         })
-    }
-
-    /// The indexes were found caught up with the store (by `/ready` or the
-    /// follower, which catches up every `cluster.follow_interval_ms`).
-    pub fn note_caught_up(&self) {
-        *self.caught_up_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-    }
-
-    /// The indexes lag the store: tolerated (still ready) if they were
-    /// caught up less than `cluster.max_lag_ms` ago — another node just
-    /// wrote and the follower has not applied it yet.
-    pub fn lag_tolerated(&self) -> bool {
-        self.caught_up_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(self.config.cluster.max_lag_ms))
     }
 
     /// This node's id (`node` before the listener is bound).
