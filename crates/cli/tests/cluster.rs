@@ -288,7 +288,7 @@ impl SseReader {
 
 /// An etcd of our own on free ports.
 struct Etcd {
-    proc: Proc,
+    _proc: Proc,
     url: String,
 }
 
@@ -325,7 +325,7 @@ impl Etcd {
             assert!(Instant::now() < deadline, "etcd did not start\n{}", proc.logs());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Etcd { proc, url }
+        Etcd { _proc: proc, url }
     }
 
     /// The value and lease of a key, if present.

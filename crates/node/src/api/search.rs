@@ -30,7 +30,7 @@ pub struct SearchParams {
     pub top_k: Option<usize>,
     /// `hybrid`, `vector` or `lexical`.
     #[param(value_type = Option<String>)]
-    pub mode: Option<ragfleet_rag::RetrievalMode>,
+    pub mode: Option<ragfleet_rag::types::RetrievalMode>,
     pub collection: Option<String>,
 }
 
