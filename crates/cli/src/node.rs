@@ -32,6 +32,32 @@ pub struct Args {
     /// Generations run at once on this node.
     #[arg(long, env = "RAGFLEET_MAX_CONCURRENT_GENERATIONS")]
     pub max_concurrent_generations: Option<usize>,
+    /// Store URL: `sqlite:///path/ragfleet.db` (one file shared by the nodes
+    /// of a machine) or `postgres://user@host/db`; default: SQLite in --data.
+    #[arg(long, env = "RAGFLEET_STORE_URL")]
+    pub store_url: Option<String>,
+    /// Redis URL (`redis://127.0.0.1:6379`): conversation memory, and
+    /// streamed answers resumable on any node.
+    #[arg(long, env = "RAGFLEET_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// etcd client URL to register this node in (repeat, or comma-separate).
+    #[arg(long = "etcd", env = "RAGFLEET_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// etcd key prefix (the node registers `<prefix><node-id>`).
+    #[arg(long, env = "RAGFLEET_ETCD_PREFIX")]
+    pub etcd_prefix: Option<String>,
+    /// etcd lease TTL in seconds.
+    #[arg(long, env = "RAGFLEET_ETCD_LEASE_TTL")]
+    pub etcd_lease_ttl: Option<u64>,
+    /// This node's id in the cluster (default `<hostname>-<port>`).
+    #[arg(long, env = "RAGFLEET_NODE_ID")]
+    pub node_id: Option<String>,
+    /// `host:port` the gateway reaches this node at (default: the listen address).
+    #[arg(long, env = "RAGFLEET_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// After SIGTERM, how long in-flight answers may take to finish (ms).
+    #[arg(long, env = "RAGFLEET_DRAIN_TIMEOUT_MS")]
+    pub drain_timeout_ms: Option<u64>,
     /// Print the effective configuration (TOML) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -65,6 +91,36 @@ impl Args {
         }
         if let Some(v) = self.max_concurrent_generations {
             cfg.limits.max_concurrent_generations = v;
+        }
+        if let Some(v) = &self.store_url {
+            cfg.store.url = Some(v.clone()).filter(|u| !u.is_empty());
+        }
+        if let Some(v) = &self.redis_url {
+            cfg.redis.url = v.clone();
+            cfg.memory.redis_url = Some(v.clone()).filter(|u| !u.is_empty());
+        }
+        if !self.etcd.is_empty() {
+            cfg.cluster.etcd.endpoints = self
+                .etcd
+                .iter()
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty())
+                .collect();
+        }
+        if let Some(v) = &self.etcd_prefix {
+            cfg.cluster.etcd.prefix = v.clone();
+        }
+        if let Some(v) = self.etcd_lease_ttl {
+            cfg.cluster.etcd.lease_ttl_s = v;
+        }
+        if let Some(v) = &self.node_id {
+            cfg.cluster.node_id = v.clone();
+        }
+        if let Some(v) = &self.advertise {
+            cfg.cluster.advertise = v.clone();
+        }
+        if let Some(v) = self.drain_timeout_ms {
+            cfg.shutdown.grace_ms = v;
         }
         cfg.validate()?;
         Ok(cfg)

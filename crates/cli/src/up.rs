@@ -1,8 +1,521 @@
-//! `ragfleet up`.
+//! `ragfleet up`: the whole cluster on one machine — N `ragfleet node`
+//! processes and one `ragfleet gateway` in front of them, all children of
+//! this process (the same executable).
+//!
+//! Layout under `--data DIR`: `node-1/` … (each node's own indexes),
+//! `store/ragfleet.db` (the shared embedded SQLite store, unless
+//! `--postgres-url`), `gateway.toml` (generated), `logs/` (one file per
+//! process). The first node starts alone (it creates the store), then the
+//! others, then the gateway; `up` waits until every node's `/ready` and the
+//! gateway answer, then prints the URLs.
+//!
+//! A child that exits on its own is reported (with the end of its log) and
+//! restarted after a back-off (1 s, doubling to 30 s); five quick failures
+//! in a row (each within 10 s of its start) stop the cluster with an error.
+//! `--no-restart` stops the cluster at the first unexpected exit instead.
+//! SIGINT/SIGTERM: every child gets SIGTERM (nodes drain, the gateway lets
+//! streams finish), and SIGKILL after `--stop-timeout`.
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ragfleet_node::GeneratorKind;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Address the gateway listens on (the page and the API).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Data directory (node-N/ indexes, store/, logs/, gateway.toml).
+    #[arg(long, default_value = "data")]
+    pub data: PathBuf,
+    /// Models directory (all-minilm-l6-v2/, smollm2/).
+    #[arg(long, env = "RAGFLEET_MODELS")]
+    pub models: Option<PathBuf>,
+    /// Default generator of the nodes: local, openai or extractive.
+    #[arg(long)]
+    pub generator: Option<GeneratorKind>,
+    /// Node config file (TOML) given to every node; flags of `up` win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Base URL of an OpenAI-compatible server (the `openai` generator).
+    #[arg(long)]
+    pub openai_base_url: Option<String>,
+    /// Model name for the OpenAI-compatible server.
+    #[arg(long)]
+    pub openai_model: Option<String>,
+    /// Generations each node runs at once.
+    #[arg(long)]
+    pub max_concurrent_generations: Option<usize>,
+    /// PostgreSQL URL: the shared store (default: one embedded SQLite file).
+    #[arg(long)]
+    pub postgres_url: Option<String>,
+    /// Redis URL: conversation memory and resumable streams across nodes.
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// etcd client URL(s): the nodes register there (repeat or comma-separate).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// First node port (the nodes take consecutive ports); default: free ports.
+    #[arg(long)]
+    pub node_port: Option<u16>,
+    /// Do not restart a child that exits unexpectedly: stop the cluster.
+    #[arg(long)]
+    pub no_restart: bool,
+    /// Seconds the children get to stop after SIGTERM before SIGKILL.
+    #[arg(long, default_value_t = 30)]
+    pub stop_timeout: u64,
+    /// Seconds to wait for the cluster to become ready.
+    #[arg(long, default_value_t = 300)]
+    pub ready_timeout: u64,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`ragfleet up` is not built yet")
+/// One child process and how to start it again.
+struct Child {
+    name: String,
+    args: Vec<OsString>,
+    log: PathBuf,
+    /// `http://host:port` of the process itself.
+    base: String,
+    /// Path that answers 2xx when it is ready.
+    ready_path: &'static str,
+    proc: Option<tokio::process::Child>,
+    started: Instant,
+    quick_failures: u32,
+    restart_at: Option<Instant>,
+}
+
+impl Child {
+    fn spawn(&mut self, exe: &Path) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let err = log.try_clone()?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args(&self.args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .kill_on_drop(false);
+        #[cfg(unix)]
+        {
+            // Own process group: a Ctrl-C in the terminal reaches `up` only,
+            // which stops the children in order. If `up` dies, the kernel
+            // sends them SIGTERM (Linux).
+            cmd.process_group(0);
+            #[cfg(target_os = "linux")]
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+        }
+        let proc = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.name))?;
+        self.proc = Some(proc);
+        self.started = Instant::now();
+        self.restart_at = None;
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(|p| p.id())
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        let p = self.proc.as_mut()?;
+        match p.try_wait() {
+            Ok(Some(s)) => {
+                self.proc = None;
+                Some(s)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    #[cfg(unix)]
+    // SAFETY: kill(2) with a pid we started and have not reaped yet.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+    #[cfg(not(unix))]
+    let _ = (pid, sig);
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The gateway's configuration: every node in one p2c pool behind `/`,
+/// checked actively on `/ready` (a draining or catching-up node leaves the
+/// rotation within a second) and passively.
+pub fn gateway_toml(listen: SocketAddr, nodes: &[SocketAddr], stop_timeout: u64) -> String {
+    let servers: Vec<String> = nodes
+        .iter()
+        .map(|a| format!("  {{ addr = \"{a}\" }},"))
+        .collect();
+    format!(
+        r#"# Written by `ragfleet up`; regenerated at every start.
+[listen]
+addr = "{listen}"
+shutdown_timeout = "{stop}s"
+
+[[route]]
+prefix = "/"
+pool = "nodes"
+
+[pool.nodes]
+policy = "p2c"
+max_fails = 1
+fail_timeout = "3s"
+servers = [
+{servers}
+]
+
+[pool.nodes.health]
+path = "/ready"
+interval = "1s"
+timeout = "1s"
+rise = 1
+fall = 1
+
+[pool.nodes.timeouts]
+connect = "1s"
+response_headers = "120s"
+body_idle = "120s"
+"#,
+        stop = stop_timeout.saturating_sub(2).max(1),
+        servers = servers.join("\n"),
+    )
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.nodes == 0 || args.nodes > 64 {
+        bail!("--nodes must be between 1 and 64, not {}", args.nodes);
+    }
+    if let Some(u) = &args.postgres_url {
+        if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+            bail!("--postgres-url must start with postgres:// or postgresql://, not {u:?}");
+        }
+    }
+    // Single-threaded: the children are forked from this thread, which lives
+    // as long as they should (PR_SET_PDEATHSIG follows the forking thread).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(up(args))
+}
+
+async fn up(args: Args) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the ragfleet executable")?;
+    let data = &args.data;
+    for d in ["logs", "store"] {
+        std::fs::create_dir_all(data.join(d))
+            .with_context(|| format!("creating {}", data.join(d).display()))?;
+    }
+    let store_url = match &args.postgres_url {
+        Some(u) => u.clone(),
+        None => {
+            let db = std::path::absolute(data.join("store").join("ragfleet.db"))
+                .context("resolving the data directory")?;
+            format!("sqlite://{}", db.display())
+        }
+    };
+
+    let mut node_addrs = Vec::new();
+    for i in 0..args.nodes {
+        let port = match args.node_port {
+            Some(p) => p
+                .checked_add(i as u16)
+                .context("--node-port + --nodes overflows")?,
+            None => free_port()?,
+        };
+        node_addrs.push(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+
+    let mut children: Vec<Child> = Vec::new();
+    for (i, addr) in node_addrs.iter().enumerate() {
+        let name = format!("node-{}", i + 1);
+        let mut a: Vec<OsString> = vec!["node".into()];
+        let mut push = |k: &str, v: OsString| {
+            a.push(k.into());
+            a.push(v);
+        };
+        push("--listen", addr.to_string().into());
+        push("--data", data.join(&name).into_os_string());
+        push("--node-id", name.clone().into());
+        push("--store-url", store_url.clone().into());
+        push(
+            "--drain-timeout-ms",
+            (args.stop_timeout.saturating_sub(2).max(1) * 1000)
+                .to_string()
+                .into(),
+        );
+        if let Some(v) = &args.config {
+            push("--config", v.clone().into_os_string());
+        }
+        if let Some(v) = &args.models {
+            push("--models", v.clone().into_os_string());
+        }
+        if let Some(v) = args.generator {
+            push("--generator", v.name().into());
+        }
+        if let Some(v) = &args.openai_base_url {
+            push("--openai-base-url", v.into());
+        }
+        if let Some(v) = &args.openai_model {
+            push("--openai-model", v.into());
+        }
+        if let Some(v) = args.max_concurrent_generations {
+            push("--max-concurrent-generations", v.to_string().into());
+        }
+        if let Some(v) = &args.redis_url {
+            push("--redis-url", v.into());
+        }
+        if !args.etcd.is_empty() {
+            push("--etcd", args.etcd.join(",").into());
+        }
+        children.push(Child {
+            log: data.join("logs").join(format!("{name}.log")),
+            name,
+            args: a,
+            base: format!("http://{addr}"),
+            ready_path: "/ready",
+            proc: None,
+            started: Instant::now(),
+            quick_failures: 0,
+            restart_at: None,
+        });
+    }
+    let gw_path = data.join("gateway.toml");
+    std::fs::write(
+        &gw_path,
+        gateway_toml(args.listen, &node_addrs, args.stop_timeout),
+    )
+    .with_context(|| format!("writing {}", gw_path.display()))?;
+    ragfleet_gateway::config::Config::load(&gw_path)
+        .map_err(|e| anyhow::anyhow!("the generated gateway configuration is invalid: {e}"))?;
+    children.push(Child {
+        name: "gateway".into(),
+        args: vec![
+            "gateway".into(),
+            "--config".into(),
+            gw_path.clone().into_os_string(),
+        ],
+        log: data.join("logs").join("gateway.log"),
+        base: format!("http://{}", args.listen),
+        ready_path: "/ready",
+        proc: None,
+        started: Instant::now(),
+        quick_failures: 0,
+        restart_at: None,
+    });
+
+    let shutdown = ragfleet_node::shutdown_signal();
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        r = start_all(&exe, &mut children, &args) => r,
+        _ = &mut shutdown => Err(anyhow::anyhow!("interrupted while starting")),
+    };
+    let result = match result {
+        Ok(()) => {
+            print_urls(&args, &node_addrs, data);
+            supervise(&exe, &mut children, &args, &mut shutdown).await
+        }
+        Err(e) => Err(e),
+    };
+    eprintln!("ragfleet up: stopping {} processes", children.len());
+    stop_all(&mut children, Duration::from_secs(args.stop_timeout)).await;
+    eprintln!("ragfleet up: stopped");
+    result
+}
+
+async fn start_all(exe: &Path, children: &mut [Child], args: &Args) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(args.ready_timeout);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let n = children.len();
+    // The first node alone (it creates the shared store), then the others,
+    // then the gateway.
+    eprintln!(
+        "ragfleet up: starting {} (logs in {})",
+        children[0].name,
+        args.data.join("logs").display()
+    );
+    children[0].spawn(exe)?;
+    wait_ready(&http, &mut children[0], deadline).await?;
+    for c in children[1..n - 1].iter_mut() {
+        eprintln!("ragfleet up: starting {}", c.name);
+        c.spawn(exe)?;
+    }
+    for c in children[1..n - 1].iter_mut() {
+        wait_ready(&http, c, deadline).await?;
+    }
+    eprintln!("ragfleet up: starting the gateway on {}", args.listen);
+    children[n - 1].spawn(exe)?;
+    wait_ready(&http, &mut children[n - 1], deadline).await?;
+    Ok(())
+}
+
+async fn wait_ready(http: &reqwest::Client, c: &mut Child, deadline: Instant) -> anyhow::Result<()> {
+    let url = format!("{}{}", c.base, c.ready_path);
+    loop {
+        if let Some(status) = c.exited() {
+            bail!(
+                "{} exited while starting ({status}); the end of {}:\n{}",
+                c.name,
+                c.log.display(),
+                tail(&c.log, 20)
+            );
+        }
+        if let Ok(r) = http.get(&url).send().await {
+            if r.status().is_success() {
+                eprintln!("ragfleet up: {} ready", c.name);
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} was not ready in time ({url}); the end of {}:\n{}",
+                c.name,
+                c.log.display(),
+                tail(&c.log, 20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_urls(args: &Args, nodes: &[SocketAddr], data: &Path) {
+    let gw = format!("http://{}", args.listen);
+    println!("ragfleet up: ready — {} nodes behind the gateway", nodes.len());
+    println!("  page     {gw}/");
+    println!("  API      {gw}/api/v1   (docs {gw}/api/v1/docs, OpenAI-compatible {gw}/v1)");
+    let metrics: Vec<String> = nodes.iter().map(|a| format!("http://{a}/metrics")).collect();
+    println!("  metrics  {}", metrics.join(" "));
+    println!("  logs     {}", data.join("logs").display());
+    println!("Ctrl-C stops everything.");
+}
+
+async fn supervise(
+    exe: &Path,
+    children: &mut [Child],
+    args: &Args,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        for c in children.iter_mut() {
+            if let Some(status) = c.exited() {
+                let ran = c.started.elapsed();
+                eprintln!(
+                    "ragfleet up: {} exited unexpectedly ({status}) after {:.1} s; the end of {}:\n{}",
+                    c.name,
+                    ran.as_secs_f64(),
+                    c.log.display(),
+                    tail(&c.log, 10)
+                );
+                if args.no_restart {
+                    bail!("{} exited ({status}) and --no-restart is set", c.name);
+                }
+                if ran < Duration::from_secs(10) {
+                    c.quick_failures += 1;
+                } else {
+                    c.quick_failures = 0;
+                }
+                if c.quick_failures >= 5 {
+                    bail!("{} failed 5 times in a row; giving up", c.name);
+                }
+                let backoff = Duration::from_secs(1 << c.quick_failures.min(5)).min(Duration::from_secs(30));
+                eprintln!("ragfleet up: restarting {} in {} s", c.name, backoff.as_secs());
+                c.restart_at = Some(Instant::now() + backoff);
+            }
+            if c.proc.is_none() && c.restart_at.is_some_and(|t| Instant::now() >= t) {
+                c.spawn(exe)?;
+                eprintln!("ragfleet up: {} restarted", c.name);
+            }
+        }
+    }
+}
+
+/// SIGTERM to every child, then SIGKILL to those still running after `timeout`.
+async fn stop_all(children: &mut [Child], timeout: Duration) {
+    #[cfg(unix)]
+    let (term, kill) = (libc::SIGTERM, libc::SIGKILL);
+    #[cfg(not(unix))]
+    let (term, kill) = (15, 9);
+    for c in children.iter() {
+        if let Some(pid) = c.pid() {
+            signal(pid, term);
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    for c in children.iter_mut() {
+        let Some(p) = c.proc.as_mut() else { continue };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, p.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => eprintln!("ragfleet up: {} stopped with {status}", c.name),
+            Ok(Err(e)) => eprintln!("ragfleet up: waiting for {}: {e}", c.name),
+            Err(_) => {
+                eprintln!(
+                    "ragfleet up: {} did not stop in {} s: SIGKILL",
+                    c.name,
+                    timeout.as_secs()
+                );
+                if let Some(pid) = p.id() {
+                    signal(pid, kill);
+                }
+                let _ = p.wait().await;
+            }
+        }
+        c.proc = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_gateway_config_is_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gw.toml");
+        let nodes: Vec<SocketAddr> = vec![
+            "127.0.0.1:9001".parse().unwrap(),
+            "127.0.0.1:9002".parse().unwrap(),
+        ];
+        std::fs::write(&p, gateway_toml("127.0.0.1:8080".parse().unwrap(), &nodes, 30)).unwrap();
+        let cfg = ragfleet_gateway::config::Config::load(&p).unwrap();
+        let pool = &cfg.pools["nodes"];
+        assert_eq!(pool.servers.len(), 2);
+        assert_eq!(pool.servers[1].addr, "127.0.0.1:9002");
+        assert_eq!(pool.health.as_ref().unwrap().path, "/ready");
+    }
 }

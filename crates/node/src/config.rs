@@ -35,10 +35,21 @@ pub struct NodeConfig {
     pub generation: ragfleet_rag::generate::GenParams,
     /// Vector index settings.
     pub index: ragfleet_rag::config::IndexConfig,
+    /// The store: SQLite in `data_dir` (default), a shared SQLite file, or
+    /// PostgreSQL (`url`), and how the follower polls its change log.
+    pub store: ragfleet_rag::StoreConfig,
+    /// Shared conversation memory in Redis (`redis_url`).
+    pub memory: ragfleet_rag::MemoryConfig,
     /// Request limits and admission control.
     pub limits: Limits,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Redis: the buffer of resumable answer streams (shared by every node).
+    pub redis: RedisConfig,
+    /// Resumable answer streams.
+    pub streams: StreamsConfig,
+    /// Cluster membership: node id, advertised address, etcd registration.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for NodeConfig {
@@ -57,8 +68,13 @@ impl Default for NodeConfig {
             prompt: engine.prompt,
             generation: engine.generation,
             index: engine.index,
+            store: engine.store,
+            memory: engine.memory,
             limits: Limits::default(),
             shutdown: ShutdownConfig::default(),
+            redis: RedisConfig::default(),
+            streams: StreamsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -220,6 +236,112 @@ impl Default for ShutdownConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`; empty: no Redis (streams resume on the
+    /// same node only).
+    pub url: String,
+    /// Prefix of every key this node writes.
+    pub key_prefix: String,
+}
+
+impl RedisConfig {
+    pub fn is_configured(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
+
+    pub fn prefix(&self) -> &str {
+        if self.key_prefix.is_empty() {
+            "ragfleet:"
+        } else {
+            &self.key_prefix
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Events kept per answer (Redis `MAXLEN`); a resume asking for older
+    /// ones gets an `error` event saying they are gone.
+    pub buffer_events: usize,
+    /// How long an answer's events stay resumable after its last event.
+    pub ttl_s: u64,
+    /// The producing node refreshes an ownership key with this TTL; a
+    /// resumed stream whose owner key expired (the node died) ends with an
+    /// `error` event.
+    pub owner_ttl_ms: u64,
+    /// An answer nobody is reading (the client went away and did not
+    /// resume) is cancelled after this long, freeing its generation slot.
+    pub detach_grace_ms: u64,
+    /// Finished answers kept in this node's memory for resumes.
+    pub local_runs: usize,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        Self {
+            buffer_events: 4096,
+            ttl_s: 600,
+            owner_ttl_ms: 3000,
+            detach_grace_ms: 2000,
+            local_runs: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's name in the cluster (etcd key, logs, run ownership).
+    /// Empty: `<hostname>-<port>`.
+    pub node_id: String,
+    /// `host:port` other machines (the gateway) reach this node at. Empty:
+    /// the listen address (the host name when listening on 0.0.0.0).
+    pub advertise: String,
+    /// Weight announced to the gateway (1..=1000).
+    pub weight: u32,
+    pub etcd: EtcdConfig,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            advertise: String::new(),
+            weight: 1,
+            etcd: EtcdConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdConfig {
+    /// etcd client URLs (`http://127.0.0.1:2379`), spoken to through the v3
+    /// JSON gateway. Empty: no registration.
+    pub endpoints: Vec<String>,
+    /// The node registers `<prefix><node_id>` = `{"addr","weight"}`.
+    pub prefix: String,
+    /// Lease TTL; the lease is kept alive every third of it, and the key
+    /// disappears this long after the node dies.
+    pub lease_ttl_s: u64,
+    /// Timeout of one etcd request.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            prefix: "/ragfleet/nodes/".into(),
+            lease_ttl_s: 10,
+            request_timeout_ms: 2000,
+        }
+    }
+}
+
 /// A configuration problem, naming the file and the key when there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -285,12 +407,90 @@ impl NodeConfig {
                 "limits.max_page_size must be >= 1".into(),
             ));
         }
+        let st = &self.streams;
+        if st.buffer_events < 16 {
+            return Err(ConfigError::Invalid(
+                "streams.buffer_events must be at least 16".into(),
+            ));
+        }
+        if st.ttl_s == 0 || st.owner_ttl_ms < 500 {
+            return Err(ConfigError::Invalid(
+                "streams.ttl_s must be >= 1 and streams.owner_ttl_ms >= 500".into(),
+            ));
+        }
+        let r = &self.redis.url;
+        if self.redis.is_configured()
+            && !(r.starts_with("redis://") || r.starts_with("rediss://") || r.starts_with("unix://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "redis.url must start with redis://, rediss:// or unix://, not {r:?}"
+            )));
+        }
+        let c = &self.cluster;
+        if c.weight == 0 || c.weight > 1000 {
+            return Err(ConfigError::Invalid(
+                "cluster.weight must be between 1 and 1000".into(),
+            ));
+        }
+        if !c.advertise.is_empty() && !valid_host_port(&c.advertise) {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.advertise must be host:port, not {:?}",
+                c.advertise
+            )));
+        }
+        if c.node_id.contains('/') || c.node_id.chars().any(char::is_whitespace) {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.node_id must not contain '/' or spaces: {:?}",
+                c.node_id
+            )));
+        }
+        let e = &c.etcd;
+        for ep in &e.endpoints {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.etcd.endpoints: {ep:?} must start with http:// or https://"
+                )));
+            }
+        }
+        if !e.endpoints.is_empty() {
+            if !e.prefix.starts_with('/') || !e.prefix.ends_with('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.etcd.prefix must start and end with '/', not {:?}",
+                    e.prefix
+                )));
+            }
+            if e.lease_ttl_s < 2 {
+                return Err(ConfigError::Invalid(
+                    "cluster.etcd.lease_ttl_s must be at least 2".into(),
+                ));
+            }
+        }
         if self.generator == GeneratorKind::Openai && !self.openai.is_configured() {
             return Err(ConfigError::Invalid(
                 "generator = \"openai\" needs openai.base_url".into(),
             ));
         }
         Ok(())
+    }
+
+    /// This node's id: `cluster.node_id`, or `<hostname>-<port>`.
+    pub fn node_id(&self, bound: SocketAddr) -> String {
+        if !self.cluster.node_id.is_empty() {
+            return self.cluster.node_id.clone();
+        }
+        format!("{}-{}", hostname(), bound.port())
+    }
+
+    /// The `host:port` announced to the cluster.
+    pub fn advertise_addr(&self, bound: SocketAddr) -> String {
+        if !self.cluster.advertise.is_empty() {
+            return self.cluster.advertise.clone();
+        }
+        if bound.ip().is_unspecified() {
+            format!("{}:{}", hostname(), bound.port())
+        } else {
+            bound.to_string()
+        }
     }
 
     /// The GGUF path of the local generator, resolved against `models_dir`.
@@ -312,6 +512,8 @@ impl NodeConfig {
             prompt: self.prompt.clone(),
             generation: self.generation.clone(),
             index: self.index.clone(),
+            store: self.store.clone(),
+            memory: self.memory.clone(),
             ..Default::default()
         }
     }
@@ -331,6 +533,31 @@ impl NodeConfig {
         });
         serde_json::from_value(v).map_err(|e| ConfigError::Invalid(format!("openai: {e}")))
     }
+}
+
+fn valid_host_port(s: &str) -> bool {
+    if s.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains(['/', ' '])
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    }
+}
+
+/// The machine's host name (`node` when it cannot be read).
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
 }
 
 #[cfg(test)]
@@ -356,6 +583,37 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/node.toml");
         let cfg = NodeConfig::from_file(&path).unwrap();
         assert_eq!(cfg.generator, GeneratorKind::Extractive);
+    }
+
+    #[test]
+    fn cluster_sections_parse_and_validate() {
+        let cfg = NodeConfig::from_toml(
+            "[redis]\nurl = \"redis://127.0.0.1:6379\"\n[cluster]\nnode_id = \"n1\"\nadvertise = \"10.0.0.5:8080\"\n[cluster.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\nlease_ttl_s = 5\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.cluster.etcd.prefix, "/ragfleet/nodes/");
+        assert_eq!(cfg.node_id("127.0.0.1:1".parse().unwrap()), "n1");
+        assert_eq!(
+            cfg.advertise_addr("0.0.0.0:1".parse().unwrap()),
+            "10.0.0.5:8080"
+        );
+        let err = NodeConfig::from_toml("[redis]\nurl = \"127.0.0.1:6379\"\n").unwrap_err();
+        assert!(err.to_string().contains("redis.url"), "{err}");
+        let err = NodeConfig::from_toml("[cluster.etcd]\nendpoints = [\"127.0.0.1:2379\"]\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("cluster.etcd.endpoints"), "{err}");
+        let err = NodeConfig::from_toml("[cluster]\nadvertise = \"nope\"\n").unwrap_err();
+        assert!(err.to_string().contains("cluster.advertise"), "{err}");
+        let err = NodeConfig::from_toml("[cluster.etcd]\nendpoint = []\n").unwrap_err();
+        assert!(err.to_string().contains("endpoint"), "{err}");
+        let cfg = NodeConfig::default();
+        assert_eq!(
+            cfg.advertise_addr("127.0.0.1:9000".parse().unwrap()),
+            "127.0.0.1:9000"
+        );
+        assert!(cfg
+            .node_id("127.0.0.1:9000".parse().unwrap())
+            .ends_with("-9000"));
     }
 
     #[test]

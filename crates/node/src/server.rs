@@ -101,6 +101,8 @@ fn build_models(cfg: &NodeConfig) -> Result<Models, NodeError> {
 /// The HTTP routes over a state.
 pub fn router(state: SharedState) -> Router {
     let limits = &state.config.limits;
+    // Every response names the node that answered (tests, debugging).
+    let node_header = axum::http::HeaderValue::from_str(state.node_id()).ok();
     let api = Router::new()
         .route(
             "/documents",
@@ -111,9 +113,13 @@ pub fn router(state: SharedState) -> Router {
             "/documents/{id}",
             get(api::documents::get).delete(api::documents::delete),
         )
-        .route("/search", post(api::search::search))
+        .route(
+            "/search",
+            post(api::search::search).get(api::search::search_get),
+        )
         .route("/chat", post(api::chat::chat))
         .route("/chat/ws", get(api::ws::chat_ws))
+        .route("/chat/runs/{run_id}/events", get(crate::runs::resume))
         .route("/conversations", get(api::conversations::list))
         .route(
             "/conversations/{id}",
@@ -133,6 +139,17 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/models", get(api::openai::models))
         .nest("/api/v1", api)
         .route_layer(axum::middleware::from_fn(metrics::track))
+        .layer(axum::middleware::map_response(
+            move |mut r: axum::response::Response| {
+                let id = node_header.clone();
+                async move {
+                    if let Some(id) = id {
+                        r.headers_mut().insert("x-ragfleet-node", id);
+                    }
+                    r
+                }
+            },
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -172,10 +189,16 @@ impl Node {
         let addr = listener
             .local_addr()
             .map_err(|source| NodeError::Bind { addr, source })?;
+        let node_id = config.node_id(addr);
+        let advertise = config.advertise_addr(addr);
+        let state = AppState::new(config)?;
+        state.runs.set_node_id(node_id.clone());
+        let _ = state.node_id.set(node_id);
+        let _ = state.advertise.set(advertise);
         Ok(Node {
             listener,
             addr,
-            state: Arc::new(AppState::new(config)),
+            state: Arc::new(state),
             engine: None,
         })
     }
@@ -210,7 +233,7 @@ impl Node {
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop_accepting.cancelled().await });
         let mut server_task = tokio::spawn(async move { server.await });
-        tracing::info!(%addr, "node listening");
+        tracing::info!(%addr, node_id = state.node_id(), "node listening");
 
         let open_state = state.clone();
         let mut open_task = tokio::spawn(async move {
@@ -218,9 +241,12 @@ impl Node {
                 Some(e) => e,
                 None => open_engine(&open_state.config).await?,
             };
+            // Keep the indexes in step with the changes other nodes write
+            // to a shared store (LISTEN/NOTIFY on PostgreSQL, polling).
+            let follower = engine.spawn_follower(open_state.config.store.poll_interval());
             open_state.set_engine(engine);
             tracing::info!("engine ready");
-            Ok::<(), NodeError>(())
+            Ok::<_, NodeError>(follower)
         });
         let upkeep_handle = state.metrics.clone();
         let upkeep = tokio::spawn(async move {
@@ -231,15 +257,20 @@ impl Node {
             }
         });
 
+        // etcd membership (nothing without endpoints).
+        let leave = tokio_util::sync::CancellationToken::new();
+        let membership = tokio::spawn(crate::membership::run(state.clone(), leave.clone()));
+
         tokio::pin!(shutdown);
         let mut opened = false;
+        let mut follower = None;
         let result = loop {
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
                 res = &mut open_task, if !opened => {
                     opened = true;
                     match res {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(f)) => follower = Some(f),
                         Ok(Err(e)) => {
                             let _ = state.engine_error.set(e.to_string());
                             break Err(e);
@@ -253,6 +284,7 @@ impl Node {
                 }
                 res = &mut server_task => {
                     upkeep.abort();
+                    leave.cancel();
                     return match res {
                         Ok(Ok(())) => Ok(()),
                         Ok(Err(e)) => Err(NodeError::Serve(e)),
@@ -262,13 +294,20 @@ impl Node {
             }
         };
 
-        // Drain.
+        // Drain: /ready 503, leave etcd, finish in-flight answers.
         let cfg = &state.config.shutdown;
         state.start_draining();
         tracing::info!(
             live_streams = state.live_streams(),
             "draining: /ready is 503"
         );
+        leave.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), membership)
+            .await
+            .is_err()
+        {
+            tracing::warn!("leaving etcd took too long; the lease will expire on its own");
+        }
         if result.is_ok() && cfg.drain_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(cfg.drain_delay_ms)).await;
         }
@@ -288,6 +327,9 @@ impl Node {
         }
         open_task.abort();
         upkeep.abort();
+        if let Some(f) = follower {
+            f.shutdown().await;
+        }
         if let Some(engine) = state.engine_opt() {
             if let Err(e) = engine.flush().await {
                 tracing::warn!(error = %e, "flushing the indexes failed");

@@ -8,7 +8,8 @@ use ragfleet_rag::Engine;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::NodeConfig;
+use crate::config::{ConfigError, NodeConfig};
+use crate::runs::RunHub;
 use crate::error::ApiError;
 use crate::gate::GenerationGate;
 
@@ -27,17 +28,30 @@ pub struct AppState {
     streams: AtomicUsize,
     streams_done: Notify,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Buffers of streamed answers (resumable streams).
+    pub runs: Arc<RunHub>,
+    /// This node's id in the cluster (set when the listener is bound).
+    pub node_id: OnceLock<String>,
+    /// The address announced to the cluster.
+    pub advertise: OnceLock<String>,
+    /// Registered in etcd now (false without etcd).
+    pub registered: AtomicBool,
 }
 
 impl AppState {
-    pub fn new(config: NodeConfig) -> Self {
+    pub fn new(config: NodeConfig) -> Result<Self, ConfigError> {
         let l = &config.limits;
         let gate = GenerationGate::new(
             l.max_concurrent_generations,
             l.max_queued_generations,
             Duration::from_millis(l.queue_timeout_ms),
         );
-        Self {
+        let runs = RunHub::new(&config.streams, &config.redis).map_err(ConfigError::Invalid)?;
+        Ok(Self {
+            runs: Arc::new(runs),
+            node_id: OnceLock::new(),
+            advertise: OnceLock::new(),
+            registered: AtomicBool::new(false),
             config,
             engine: OnceLock::new(),
             engine_error: OnceLock::new(),
@@ -48,7 +62,12 @@ impl AppState {
             streams: AtomicUsize::new(0),
             streams_done: Notify::new(),
             metrics: crate::metrics::handle(),
-        }
+        })
+    }
+
+    /// This node's id (`node` before the listener is bound).
+    pub fn node_id(&self) -> &str {
+        self.node_id.get().map(String::as_str).unwrap_or("node")
     }
 
     /// The engine, or 503 while it is still opening.

@@ -285,3 +285,26 @@ pub struct EngineStats {
     /// Last document change sequence number applied to the indexes.
     pub applied_seq: u64,
 }
+
+/// Replication state of an engine ([`crate::Engine::sync_state`]): for
+/// `/ready`, `/metrics` and operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncState {
+    /// `sqlite` or `postgres`.
+    pub backend: String,
+    /// Last change applied to the local indexes.
+    pub applied_seq: u64,
+    /// Newest change the store reported (at the last look).
+    pub store_seq: u64,
+    /// `store_seq - applied_seq`.
+    pub lag: u64,
+    /// A follower task runs.
+    pub following: bool,
+    /// The follower is subscribed to change notifications (PostgreSQL);
+    /// `false` means it polls only.
+    pub listening: bool,
+    /// Milliseconds since the indexes last caught up successfully.
+    pub last_sync_ms_ago: Option<u64>,
+    /// The last catch-up's error, cleared by the next success.
+    pub last_error: Option<String>,
+}

@@ -19,6 +19,10 @@ pub struct EngineConfig {
     /// Defaults for chat requests that give no parameters.
     pub generation: GenParams,
     pub index: IndexConfig,
+    /// Where documents, conversations and runs live (`[engine.store]`).
+    pub store: StoreConfig,
+    /// Optional shared conversation memory in Redis (`[engine.memory]`).
+    pub memory: MemoryConfig,
 }
 
 impl Default for EngineConfig {
@@ -30,6 +34,8 @@ impl Default for EngineConfig {
             prompt: PromptConfig::default(),
             generation: GenParams::default(),
             index: IndexConfig::default(),
+            store: StoreConfig::default(),
+            memory: MemoryConfig::default(),
         }
     }
 }
@@ -123,6 +129,82 @@ impl Default for IndexConfig {
             hnsw_ef_construction: 200,
             hnsw_ef_search: 128,
             save_every: 2000,
+        }
+    }
+}
+
+/// The store backend (`[engine.store]`).
+///
+/// - `url` absent: the embedded SQLite file `data_dir/ragfleet.db`.
+/// - `sqlite://path` (or `sqlite:path`): a SQLite file elsewhere — several
+///   nodes on one machine may share it (WAL, writes serialised, busy timeout).
+/// - `postgres://user:pass@host:port/db` (or `postgresql://`): PostgreSQL,
+///   the shared source of truth of a cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub url: Option<String>,
+    /// PostgreSQL only: the schema the tables live in (created if missing);
+    /// default: the connection's `search_path` (normally `public`).
+    pub schema: Option<String>,
+    /// Connections in the pool.
+    pub pool_size: u32,
+    /// How long opening a connection (or waiting for a free one) may take.
+    pub connect_timeout_ms: u64,
+    /// SQLite only: how long a write waits for another process's write
+    /// before failing with "database is locked".
+    pub busy_timeout_ms: u64,
+    /// How often a follower ([`crate::Engine::spawn_follower`]) polls the
+    /// change log (PostgreSQL also wakes it at once with NOTIFY).
+    pub poll_interval_ms: u64,
+}
+
+impl StoreConfig {
+    /// `poll_interval_ms` as a duration (at least 10 ms).
+    pub fn poll_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.poll_interval_ms.max(10))
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            schema: None,
+            pool_size: 8,
+            connect_timeout_ms: 5_000,
+            busy_timeout_ms: 10_000,
+            poll_interval_ms: 1_000,
+        }
+    }
+}
+
+/// Shared conversation memory (`[engine.memory]`): the recent turns of each
+/// conversation cached in Redis in front of the store (which stays the
+/// source of truth). Without `redis_url` history is read from the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// `redis://host:port/db` (or `rediss://`); absent = no Redis.
+    pub redis_url: Option<String>,
+    /// Seconds a conversation's cached turns live after its last write.
+    pub ttl_secs: u64,
+    /// Turns kept per conversation (at least `2 × prompt.history_turns`).
+    pub max_turns: usize,
+    /// Prefix of every key (several clusters may share one Redis).
+    pub key_prefix: String,
+    /// Per-command timeout; a slower Redis counts as unreachable.
+    pub timeout_ms: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            ttl_secs: 3_600,
+            max_turns: 20,
+            key_prefix: "ragfleet:".into(),
+            timeout_ms: 500,
         }
     }
 }

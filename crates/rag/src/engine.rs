@@ -15,11 +15,19 @@
 //! - `EngineConfig` has an extra `index` section ([`crate::config::IndexConfig`]).
 //! - Errors: `RagError::InvalidInput` for bad requests (empty query/message,
 //!   unknown generator, top_k 0) → HTTP 400; `NotFound` → 404; others → 500.
+//! - Cluster (issue 6): `EngineConfig::store` (`[store]`: `url` = absent →
+//!   `data_dir/ragfleet.db`, `sqlite://…`, `postgres://…`) and
+//!   `EngineConfig::memory` (`[memory]`: Redis conversation memory).
+//!   `Engine::spawn_follower(cfg.store.poll_interval()) -> FollowerHandle`
+//!   keeps the indexes in step with a shared store (keep the handle; drop or
+//!   `shutdown().await` stops it); `Engine::sync_state() -> SyncState` for
+//!   `/ready` details and metrics; `Engine::ready()` tolerates the lag of a
+//!   live follower only.
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use parking_lot::RwLock;
@@ -34,10 +42,10 @@ use crate::index::hnsw::{HnswIndex, HnswParams};
 use crate::index::lexical::{LexicalDoc, LexicalIndex};
 use crate::index::{KeyFilter, VectorIndex};
 use crate::ingest::split;
+use crate::memory::ConversationMemory;
 use crate::prompt::{build_prompt, cited_numbers};
 use crate::retrieve::weighted_rrf;
-use crate::store::sqlite::SqliteStore;
-use crate::store::{now_rfc3339, ChangeOp, DocumentRecord, NewChunk, Store, StoredChunk};
+use crate::store::{now_rfc3339, ChangeListener, DocumentRecord, NewChunk, Store, StoredChunk};
 use crate::types::{Chunk, Document, Hit, NewDocument, RetrievalMode, DEFAULT_COLLECTION};
 use crate::{RagError, Result};
 
@@ -93,19 +101,60 @@ struct Owner {
     collection: Arc<str>,
 }
 
+/// Who owns each indexed chunk (for filtering), and chunks per document
+/// (the document/chunk counters, which so follow every applied change,
+/// local or remote).
+#[derive(Default)]
+struct Owners {
+    by_key: HashMap<u64, Owner>,
+    per_doc: HashMap<Arc<str>, usize>,
+}
+
+impl Owners {
+    fn remove(&mut self, key: u64) {
+        if let Some(o) = self.by_key.remove(&key) {
+            if let Some(n) = self.per_doc.get_mut(&o.doc_id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_doc.remove(&o.doc_id);
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, key: u64, owner: Owner) {
+        self.remove(key);
+        *self.per_doc.entry(owner.doc_id.clone()).or_default() += 1;
+        self.by_key.insert(key, owner);
+    }
+}
+
+/// Replication bookkeeping (see [`Engine::sync_state`]).
+#[derive(Default)]
+struct Sync {
+    /// Newest change the store reported.
+    store_seq: u64,
+    last_error: Option<String>,
+    /// End of the last successful catch-up.
+    last_sync: Option<Instant>,
+    /// Set while a follower runs.
+    follower_interval: Option<Duration>,
+    listening: bool,
+}
+
 struct Inner {
     cfg: EngineConfig,
     config_hash: String,
     embedder: Arc<dyn Embedder>,
     generators: Generators,
     store: Arc<dyn Store>,
+    memory: ConversationMemory,
     vectors: RwLock<Box<dyn VectorIndex>>,
     lexical: LexicalIndex,
-    owners: RwLock<HashMap<u64, Owner>>,
-    /// Serialises every index/store write.
+    owners: RwLock<Owners>,
+    /// Serialises every index/store write of this engine.
     write: tokio::sync::Mutex<()>,
-    documents: AtomicUsize,
-    chunks: AtomicUsize,
+    sync: parking_lot::Mutex<Sync>,
     unsaved: AtomicUsize,
 }
 
@@ -161,9 +210,10 @@ fn join_err(e: tokio::task::JoinError) -> RagError {
 }
 
 impl Engine {
-    /// Opens (creating if needed) the data directory: the SQLite store, the
-    /// lexical and vector indexes — which catch up from the store's change
-    /// log instead of being rebuilt.
+    /// Opens (creating if needed) the data directory and the store
+    /// `cfg.store` names (default: the embedded SQLite file in the data
+    /// directory), then the lexical and vector indexes — which catch up from
+    /// the store's change log instead of being rebuilt.
     pub async fn open(
         cfg: EngineConfig,
         embedder: Arc<dyn Embedder>,
@@ -191,8 +241,9 @@ impl Engine {
         }
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| RagError::Storage(format!("creating {}: {e}", cfg.data_dir.display())))?;
-        let store = SqliteStore::open(&cfg.data_dir.join("ragfleet.db")).await?;
-        Self::open_with_store(cfg, Arc::new(store), embedder, generators).await
+        let store = crate::store::open(&cfg.store, &cfg.data_dir).await?;
+        tracing::info!(backend = store.backend(), "store opened");
+        Self::open_with_store(cfg, store, embedder, generators).await
     }
 
     /// Like [`Engine::open`] with a given store backend.
@@ -203,6 +254,7 @@ impl Engine {
         generators: Generators,
     ) -> Result<Engine> {
         let dim = embedder.dim();
+        let memory = ConversationMemory::new(&cfg.memory)?;
         let data_dir = cfg.data_dir.clone();
         let lexical = {
             let dir = data_dir.join("lexical");
@@ -220,21 +272,18 @@ impl Engine {
         let config_hash = sha256_hex(&[serde_json::to_string(&cfg)
             .map_err(|e| RagError::InvalidInput(e.to_string()))?
             .as_bytes()]);
-        let owners = store
-            .chunk_owners()
-            .await?
-            .into_iter()
-            .map(|o| {
-                (
-                    o.key,
-                    Owner {
-                        doc_id: o.doc_id.into(),
-                        collection: o.collection.into(),
-                    },
-                )
-            })
-            .collect();
-        let (documents, chunks) = store.counts().await?;
+        // The owners as the store has them now; catching up below re-applies
+        // the changes the indexes miss, which leaves owners consistent too.
+        let mut owners = Owners::default();
+        for o in store.chunk_owners().await? {
+            owners.insert(
+                o.key,
+                Owner {
+                    doc_id: o.doc_id.into(),
+                    collection: o.collection.into(),
+                },
+            );
+        }
         let engine = Engine {
             inner: Arc::new(Inner {
                 cfg,
@@ -242,16 +291,17 @@ impl Engine {
                 embedder,
                 generators,
                 store,
+                memory,
                 vectors: RwLock::new(vectors),
                 lexical,
                 owners: RwLock::new(owners),
                 write: tokio::sync::Mutex::new(()),
-                documents: AtomicUsize::new(documents),
-                chunks: AtomicUsize::new(chunks),
+                sync: parking_lot::Mutex::new(Sync::default()),
                 unsaved: AtomicUsize::new(0),
             }),
         };
         engine.catch_up().await?;
+        engine.maybe_save(true);
         Ok(engine)
     }
 
@@ -268,17 +318,54 @@ impl Engine {
         &self.inner.config_hash
     }
 
-    /// The store answers and the indexes are loaded and caught up.
+    /// The store answers and the indexes are caught up with it.
+    ///
+    /// With a follower running ([`Engine::spawn_follower`]) the indexes may
+    /// trail the store by the changes committed since its last round; that
+    /// counts as caught up as long as the follower completed a round within
+    /// three poll intervals (+ 2 s). A follower that is stuck — or a long
+    /// catch-up after a restart — makes the engine not ready. Without a
+    /// follower the indexes must be at the store's newest change.
     pub async fn ready(&self) -> Result<()> {
         self.inner.store.ping().await?;
         let last = self.inner.store.last_seq().await?;
         let applied = self.applied_seq();
-        if applied < last {
-            return Err(RagError::Index(format!(
-                "indexes at change {applied}, store at {last}"
-            )));
+        let sync = {
+            let mut s = self.inner.sync.lock();
+            s.store_seq = s.store_seq.max(last);
+            (s.follower_interval, s.last_sync)
+        };
+        if applied >= last {
+            return Ok(());
         }
-        Ok(())
+        if let (Some(interval), Some(at)) = sync {
+            if at.elapsed() <= interval * 3 + Duration::from_secs(2) {
+                return Ok(());
+            }
+        }
+        Err(RagError::Index(format!(
+            "indexes at change {applied}, store at {last}"
+        )))
+    }
+
+    /// Replication state: how far the local indexes are behind the store,
+    /// whether a follower runs and how it is woken, the last error.
+    pub fn sync_state(&self) -> SyncState {
+        let applied_seq = self.applied_seq();
+        let s = self.inner.sync.lock();
+        let store_seq = s.store_seq.max(applied_seq);
+        SyncState {
+            backend: self.inner.store.backend().to_string(),
+            applied_seq,
+            store_seq,
+            lag: store_seq - applied_seq,
+            following: s.follower_interval.is_some(),
+            listening: s.listening,
+            last_sync_ms_ago: s
+                .last_sync
+                .map(|t| t.elapsed().as_millis().min(u64::MAX as u128) as u64),
+            last_error: s.last_error.clone(),
+        }
     }
 
     fn applied_seq(&self) -> u64 {
@@ -290,9 +377,45 @@ impl Engine {
     }
 
     /// Applies the store's changes the indexes have not seen yet (after a
-    /// restart, or written by another node sharing the store). Idempotent.
+    /// restart, or written by another node sharing the store), in sequence
+    /// order. Idempotent. Returns the sequence the indexes are at.
     pub async fn catch_up(&self) -> Result<u64> {
         let _w = self.inner.write.lock().await;
+        self.apply_pending(&HashMap::new()).await
+    }
+
+    /// The one path by which changes reach the indexes — remote ones and
+    /// this engine's own writes alike: everything after the indexes'
+    /// position, in sequence order. (A node that applied its own change N
+    /// directly and recorded N could skip an earlier change N-1 committed by
+    /// another node and not applied yet.) `local` gives the chunks of
+    /// changes this engine just wrote (doc id → (seq, chunks with
+    /// embeddings)), so they are not read back. Call with `write` held.
+    async fn apply_pending(&self, local: &HashMap<String, (u64, Vec<StoredChunk>)>) -> Result<u64> {
+        let result = self.apply_pending_inner(local).await;
+        let mut s = self.inner.sync.lock();
+        match &result {
+            Ok(seq) => {
+                s.store_seq = s.store_seq.max(*seq);
+                s.last_sync = Some(Instant::now());
+                if s.last_error.take().is_some() {
+                    tracing::info!(seq, "indexes follow the store again");
+                }
+            }
+            Err(e) => {
+                if s.last_error.is_none() {
+                    tracing::warn!(error = %e, "applying the store's changes failed (retrying)");
+                }
+                s.last_error = Some(e.to_string());
+            }
+        }
+        result
+    }
+
+    async fn apply_pending_inner(
+        &self,
+        local: &HashMap<String, (u64, Vec<StoredChunk>)>,
+    ) -> Result<u64> {
         let inner = &self.inner;
         let lexical_seq = inner.lexical.applied_seq();
         let vector_seq = inner.vectors.read().applied_seq();
@@ -312,29 +435,40 @@ impl Engine {
                 e.0.extend(&c.removed_keys);
                 e.1 = e.1.max(c.seq);
             }
+            let mut lexical_dirty = false;
             for (doc_id, (removed, seq)) in docs {
-                let current = inner.store.document_chunks(&doc_id).await?;
+                let fetched;
+                let current: &[StoredChunk] = match local.get(&doc_id) {
+                    // This engine's own write is the document's latest change
+                    // in this batch: its chunks are at hand.
+                    Some((s, chunks)) if *s == seq => chunks,
+                    _ => {
+                        fetched = inner.store.document_chunks(&doc_id).await?;
+                        &fetched
+                    }
+                };
+                lexical_dirty |= seq > lexical_seq;
                 self.apply_to(
                     &doc_id,
                     &removed,
-                    &current,
+                    current,
                     seq > lexical_seq,
                     seq > vector_seq,
                 );
             }
-            inner.lexical.commit(last)?;
-            inner.vectors.write().set_applied_seq(last);
+            if lexical_dirty {
+                inner.lexical.commit(last.max(lexical_seq))?;
+            }
+            {
+                let mut v = inner.vectors.write();
+                if last > v.applied_seq() {
+                    v.set_applied_seq(last);
+                }
+            }
             from = last;
-            tracing::info!(seq = last, "indexes caught up with the store");
+            tracing::debug!(seq = last, "indexes applied the store's changes");
         }
-        self.maybe_save(true);
         Ok(from)
-    }
-
-    /// Applies one document's change to both indexes and the owner map
-    /// (lexical changes become visible at the next commit).
-    fn apply(&self, doc_id: &str, removed: &[u64], current: &[StoredChunk]) {
-        self.apply_to(doc_id, removed, current, true, true)
     }
 
     fn apply_to(
@@ -355,7 +489,7 @@ impl Engine {
         {
             let mut owners = inner.owners.write();
             for k in removed {
-                owners.remove(k);
+                owners.remove(*k);
             }
             if let Some(first) = current.first() {
                 let owner = Owner {
@@ -429,6 +563,32 @@ impl Engine {
             .map_err(join_err)?
     }
 
+    // ---------------------------------------------------------------- replication
+
+    /// Starts the follower: a background task that keeps the local indexes
+    /// in step with the store (changes written by other nodes sharing it).
+    ///
+    /// It catches up every `poll_interval`, and at once when the store
+    /// announces a change (PostgreSQL LISTEN/NOTIFY; SQLite has no
+    /// notifications, so there it polls only). After a lost connection
+    /// (database restart) it re-subscribes, then catches up — notifications
+    /// sent meanwhile are lost, the change log is not. Errors are recorded in
+    /// [`Engine::sync_state`] and retried every interval. The task stops
+    /// when the handle is dropped or [`FollowerHandle::shutdown`] is called
+    /// (or when every `Engine` clone is gone). Must be called within a Tokio
+    /// runtime.
+    pub fn spawn_follower(&self, poll_interval: Duration) -> FollowerHandle {
+        let poll = poll_interval.max(Duration::from_millis(10));
+        self.inner.sync.lock().follower_interval = Some(poll);
+        let weak = Arc::downgrade(&self.inner);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(follow(weak, poll, stop_rx));
+        FollowerHandle {
+            stop: Some(stop_tx),
+            task: Some(task),
+        }
+    }
+
     // ---------------------------------------------------------------- documents
 
     pub async fn ingest(&self, doc: NewDocument) -> Result<IngestOutcome> {
@@ -472,10 +632,11 @@ impl Engine {
                     .collect();
             }
         };
-        // 3. Store and index, serialised with other writers.
+        // 3. Store, then apply everything up to our writes to the indexes
+        // in sequence order (serialised with this engine's other writers).
         if !prepared.is_empty() {
             let _w = self.inner.write.lock().await;
-            let mut last_seq = None;
+            let mut local: HashMap<String, (u64, Vec<StoredChunk>)> = HashMap::new();
             for (i, rec, chunks) in prepared {
                 let new_chunks: Vec<NewChunk> = chunks
                     .into_iter()
@@ -489,17 +650,18 @@ impl Engine {
                         page: c.page,
                     })
                     .collect();
-                let r = self.store_and_index(&rec, new_chunks).await;
-                if let Ok((_, seq)) = &r {
-                    last_seq = Some(*seq);
-                }
-                results[i] = Some(r.map(|(o, _)| o));
+                let r = self.store_document(&rec, new_chunks).await;
+                results[i] = Some(r.map(|(o, written)| {
+                    if let Some((seq, chunks)) = written {
+                        local.insert(o.doc_id.clone(), (seq, chunks));
+                    }
+                    o
+                }));
             }
-            if let Some(seq) = last_seq {
-                if let Err(e) = self.inner.lexical.commit(seq) {
-                    tracing::error!(error = %e, "lexical index commit failed");
-                }
-                self.inner.vectors.write().set_applied_seq(seq);
+            if !local.is_empty() {
+                // The documents are stored (acknowledged); if applying fails
+                // here the follower (or the next write) applies them.
+                let _ = self.apply_pending(&local).await;
                 self.maybe_save(false);
             }
         }
@@ -509,11 +671,14 @@ impl Engine {
             .collect()
     }
 
-    async fn store_and_index(
+    /// Writes one document to the store; returns the outcome and, if it was
+    /// written, its change's sequence and chunks (for [`Self::apply_pending`]).
+    #[allow(clippy::type_complexity)]
+    async fn store_document(
         &self,
         rec: &DocumentRecord,
         chunks: Vec<NewChunk>,
-    ) -> Result<(IngestOutcome, u64)> {
+    ) -> Result<(IngestOutcome, Option<(u64, Vec<StoredChunk>)>)> {
         // Re-check under the write lock: a concurrent ingest may have stored it.
         if let Some(existing) = self.inner.store.get_document(&rec.id).await? {
             if existing.content_hash == rec.content_hash {
@@ -523,7 +688,7 @@ impl Engine {
                         chunks: existing.chunks,
                         status: IngestStatus::Unchanged,
                     },
-                    existing.seq,
+                    None,
                 ));
             }
         }
@@ -546,17 +711,6 @@ impl Engine {
                 embedding: Some(c.embedding),
             })
             .collect();
-        self.apply(&rec.id, &up.change.removed_keys, &stored);
-        if !up.replaced {
-            self.inner.documents.fetch_add(1, Ordering::Relaxed);
-        }
-        let old = up.change.removed_keys.len();
-        let _ = self
-            .inner
-            .chunks
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
-                Some((c + n).saturating_sub(old))
-            });
         Ok((
             IngestOutcome {
                 doc_id: rec.id.clone(),
@@ -567,7 +721,7 @@ impl Engine {
                     IngestStatus::Created
                 },
             },
-            up.change.seq,
+            Some((up.change.seq, stored)),
         ))
     }
 
@@ -693,24 +847,15 @@ impl Engine {
         })
     }
 
-    /// Removes a document from the store and both indexes.
+    /// Removes a document from the store, then (in sequence order, like
+    /// every change) from both indexes.
     pub async fn delete_document(&self, id: &str) -> Result<bool> {
         let _w = self.inner.write.lock().await;
-        let Some(change) = self.inner.store.delete_document(id).await? else {
+        if self.inner.store.delete_document(id).await?.is_none() {
             return Ok(false);
-        };
-        debug_assert_eq!(change.op, ChangeOp::Delete);
-        self.apply(id, &change.removed_keys, &[]);
-        self.inner.lexical.commit(change.seq)?;
-        self.inner.vectors.write().set_applied_seq(change.seq);
-        self.inner.documents.fetch_sub(1, Ordering::Relaxed);
-        let n = change.removed_keys.len();
-        let _ = self
-            .inner
-            .chunks
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
-                Some(c.saturating_sub(n))
-            });
+        }
+        // Deleted (acknowledged); if applying fails the follower retries.
+        let _ = self.apply_pending(&HashMap::new()).await;
         self.maybe_save(false);
         Ok(true)
     }
@@ -818,7 +963,7 @@ impl Engine {
             Some(qv) => {
                 let owners = inner.owners.read();
                 let keep = |key: u64| {
-                    owners.get(&key).is_some_and(|o| {
+                    owners.by_key.get(&key).is_some_and(|o| {
                         collection.is_none_or(|c| &*o.collection == c)
                             && allowed.as_ref().is_none_or(|a| a.contains(&*o.doc_id))
                     })
@@ -906,7 +1051,11 @@ impl Engine {
         let (conversation_id, history) = match &req.conversation_id {
             Some(id) if !id.trim().is_empty() => {
                 let n = inner.cfg.prompt.history_turns * 2;
-                (id.clone(), inner.store.recent_turns(id, n).await?)
+                let history = inner
+                    .memory
+                    .recent_turns(inner.store.as_ref(), id, n)
+                    .await?;
+                (id.clone(), history)
             }
             _ => (uuid::Uuid::now_v7().to_string(), Vec::new()),
         };
@@ -1067,9 +1216,15 @@ impl Engine {
             let stored = async {
                 inner.store.put_run(&snapshot).await?;
                 inner
-                    .store
-                    .append_turns(&conversation_id, &title, &[user_turn, assistant_turn])
+                    .memory
+                    .append_turns(
+                        inner.store.as_ref(),
+                        &conversation_id,
+                        &title,
+                        &[user_turn, assistant_turn],
+                    )
                     .await
+                    .map(|_| ())
             }
             .await;
             match stored {
@@ -1136,7 +1291,9 @@ impl Engine {
     }
 
     pub async fn delete_conversation(&self, id: &str) -> Result<bool> {
-        self.inner.store.delete_conversation(id).await
+        let deleted = self.inner.store.delete_conversation(id).await?;
+        self.inner.memory.forget(id).await;
+        Ok(deleted)
     }
 
     pub async fn get_run(&self, id: &str) -> Result<Option<RunSnapshot>> {
@@ -1145,9 +1302,13 @@ impl Engine {
 
     /// Cheap counters (no I/O).
     pub fn stats(&self) -> EngineStats {
+        let (documents, chunks) = {
+            let o = self.inner.owners.read();
+            (o.per_doc.len(), o.by_key.len())
+        };
         EngineStats {
-            documents: self.inner.documents.load(Ordering::Relaxed),
-            chunks: self.inner.chunks.load(Ordering::Relaxed),
+            documents,
+            chunks,
             vector_index_size: self.inner.vectors.read().len(),
             lexical_index_size: self.inner.lexical.len(),
             applied_seq: self.applied_seq(),
@@ -1196,4 +1357,109 @@ fn open_vector_index(dir: &Path, cfg: &IndexConfig, dim: usize) -> Result<Box<dy
         )?),
         VectorIndexKind::Flat => Box::new(FlatIndex::open(&dir.join("vectors.flat"), dim)?),
     })
+}
+
+/// Stops the follower task ([`Engine::spawn_follower`]) when dropped.
+#[derive(Debug)]
+pub struct FollowerHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl FollowerHandle {
+    /// Stops the follower and waits for it (a catch-up in progress finishes).
+    pub async fn shutdown(mut self) {
+        drop(self.stop.take());
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// The task is still running.
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for FollowerHandle {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the task, which then ends.
+        drop(self.stop.take());
+    }
+}
+
+/// Waits for the listener's next notification (forever without one).
+async fn notified(listener: &mut Option<Box<dyn ChangeListener>>) -> Result<Option<u64>> {
+    match listener {
+        Some(l) => l.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The follower task. Holds the engine only while working, so dropping the
+/// last `Engine` ends it.
+async fn follow(weak: Weak<Inner>, poll: Duration, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let mut listener: Option<Box<dyn ChangeListener>> = None;
+    // None: the store has no notifications; never ask again.
+    let mut listen_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+    loop {
+        // Subscribe first, then catch up: nothing committed in between is missed.
+        if listener.is_none() && listen_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
+            let Some(inner) = weak.upgrade() else { break };
+            let subscribed = tokio::select! {
+                _ = &mut stop => break,
+                r = inner.store.listen() => r,
+            };
+            match subscribed {
+                Ok(Some(l)) => {
+                    listener = Some(l);
+                    inner.sync.lock().listening = true;
+                    tracing::debug!("follower: listening for change notifications");
+                }
+                Ok(None) => listen_at = None,
+                Err(e) => {
+                    tracing::debug!(error = %e, "follower: cannot listen for notifications yet");
+                    listen_at = Some(tokio::time::Instant::now() + poll);
+                }
+            }
+        }
+        let applied = {
+            let Some(inner) = weak.upgrade() else { break };
+            let engine = Engine { inner };
+            tokio::select! {
+                _ = &mut stop => break,
+                r = engine.catch_up() => r.unwrap_or_else(|_| engine.applied_seq()),
+            }
+        };
+        // Wait for the next poll, or a notification of a change we lack.
+        let deadline = tokio::time::Instant::now() + poll;
+        loop {
+            tokio::select! {
+                _ = &mut stop => return finish(&weak),
+                _ = tokio::time::sleep_until(deadline) => break,
+                n = notified(&mut listener) => match n {
+                    Ok(Some(seq)) if seq <= applied => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "follower: change notifications lost; polling until re-subscribed");
+                        listener = None;
+                        if let Some(inner) = weak.upgrade() {
+                            inner.sync.lock().listening = false;
+                        }
+                        listen_at = Some(tokio::time::Instant::now() + poll);
+                        break;
+                    }
+                },
+            }
+        }
+    }
+    finish(&weak)
+}
+
+fn finish(weak: &Weak<Inner>) {
+    if let Some(inner) = weak.upgrade() {
+        let mut s = inner.sync.lock();
+        s.follower_interval = None;
+        s.listening = false;
+    }
 }

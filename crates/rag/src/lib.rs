@@ -16,12 +16,13 @@ pub mod eval;
 pub mod generate;
 pub mod index;
 pub mod ingest;
+pub mod memory;
 pub mod prompt;
 pub mod retrieve;
 pub mod store;
 pub mod types;
 
 pub use api::*;
-pub use config::{EngineConfig, PromptConfig, RetrievalConfig};
-pub use engine::{Engine, Generators};
+pub use config::{EngineConfig, MemoryConfig, PromptConfig, RetrievalConfig, StoreConfig};
+pub use engine::{Engine, FollowerHandle, Generators};
 pub use error::{RagError, Result};

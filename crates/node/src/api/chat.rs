@@ -1,11 +1,7 @@
 //! `POST /api/v1/chat`: a cited answer as JSON, or streamed as Server-Sent
 //! Events (`retrieval`, `token`…, then `done` or `error`).
-use std::convert::Infallible;
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -13,6 +9,7 @@ use ragfleet_rag::{ChatEvent, ChatRequest};
 
 use super::types::*;
 use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::runs::BufferedEvent;
 use crate::state::SharedState;
 
 /// The SSE `event:` name of an event (= its `type`).
@@ -110,7 +107,10 @@ fn wants_stream(body_stream: Option<bool>, headers: &HeaderMap) -> bool {
 /// as Server-Sent Events whose `event:` is the `type` of the JSON `data:`:
 /// `retrieval` (conversation_id, run_id, citations — always first), `token`
 /// (`text` delta), then `done` (answer, the citations it used, usage,
-/// timings) or `error` (`message`).
+/// timings) or `error` (`message`). Each event's `id:` is its sequence
+/// number in the answer; the `x-ragfleet-run-id` response header (and the
+/// `retrieval` event) give the run id with which a broken stream resumes at
+/// `GET /api/v1/chat/runs/{run_id}/events`.
 #[utoipa::path(post, path = "/api/v1/chat", tag = "chat",
     request_body = ChatBody,
     responses(
@@ -126,35 +126,48 @@ pub async fn chat(
 ) -> ApiResult<Response> {
     let stream = wants_stream(body.stream, &headers);
     let req = body.into_request(&state.config.limits, &state.engine()?.config().generation)?;
-    let events = start(&state, req).await?;
     if stream {
-        Ok(sse_response(events))
+        let (run_id, events) = start_buffered(&state, req).await?;
+        let mut resp = crate::runs::sse_events(events);
+        if let Some(v) = run_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+            resp.headers_mut().insert("x-ragfleet-run-id", v);
+        }
+        Ok(resp)
     } else {
+        let events = start(&state, req).await?;
         Ok(ApiJson(collect(events).await?).into_response())
     }
 }
 
-/// Events as an SSE response: `id:` is the event's index in the answer.
-pub fn sse_response(events: BoxStream<'static, ChatEvent>) -> Response {
-    let body = events.enumerate().map(|(i, ev)| {
-        let e = Event::default().event(event_name(&ev)).id(i.to_string());
-        let e = match e.json_data(&ev) {
-            Ok(e) => e,
-            Err(err) => Event::default().event("error").data(format!(
-                "{{\"type\":\"error\",\"message\":\"cannot encode event: {err}\"}}"
-            )),
-        };
-        Ok::<_, Infallible>(e)
-    });
-    let mut resp = Sse::new(body)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response();
-    // Ask proxies (nginx and friends) not to buffer the stream.
-    resp.headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    resp
+/// Start a chat whose events are buffered so that a client whose
+/// connection breaks can resume it (`GET /api/v1/chat/runs/{id}/events`):
+/// the answer is produced by a task of its own; the returned stream reads
+/// its buffer. Also returns the run id.
+pub async fn start_buffered(
+    state: &SharedState,
+    req: ChatRequest,
+) -> ApiResult<(Option<String>, BoxStream<'static, BufferedEvent>)> {
+    let mut events = start(state, req).await?;
+    let first = match events.next().await {
+        Some(ev) => ev,
+        None => ChatEvent::Error {
+            message: "the answer stream ended unexpectedly".into(),
+        },
+    };
+    match &first {
+        ChatEvent::Retrieval { run_id, .. } => {
+            let run_id = run_id.clone();
+            let (_, reader) = state.runs.spawn(run_id.clone(), first, events);
+            Ok((Some(run_id), reader))
+        }
+        _ => {
+            let s = futures::stream::once(async move { first })
+                .chain(events)
+                .enumerate()
+                .map(|(i, ev)| BufferedEvent::from_chat(i as u64, &ev));
+            Ok((None, s.boxed()))
+        }
+    }
 }
 
 /// Run a chat to its end and return the whole answer.

@@ -12,8 +12,8 @@ use crate::error::{ErrorBody, ErrorDetail};
     info(title = "ragfleet node API", description = "RAG over your documents: ingest, search, cited chat (JSON, SSE, WebSocket), conversations, runs; OpenAI-compatible chat completions."),
     paths(
         documents::create, documents::batch, documents::list, documents::get, documents::delete,
-        search::search,
-        chat::chat, ws::chat_ws,
+        search::search, search::search_get,
+        chat::chat, ws::chat_ws, crate::runs::resume,
         conversations::list, conversations::get, conversations::delete, conversations::run,
         openai::completions, openai::models,
         ops::health, ops::ready, ops::metrics, ops::info,

@@ -27,6 +27,7 @@ pub struct Load {
 pub struct Health {
     /// Always `ok` when the process answers.
     pub status: String,
+    pub node_id: String,
     /// The engine is open (see `/ready` for the full check).
     pub engine: bool,
     pub draining: bool,
@@ -51,6 +52,7 @@ fn load(state: &SharedState) -> Load {
 pub async fn health(State(state): State<SharedState>) -> ApiJson<Health> {
     ApiJson(Health {
         status: "ok".into(),
+        node_id: state.node_id().to_string(),
         engine: state.engine_opt().is_some(),
         draining: state.is_draining(),
         uptime_s: state.started.elapsed().as_secs_f64(),
@@ -59,10 +61,28 @@ pub async fn health(State(state): State<SharedState>) -> ApiJson<Health> {
     })
 }
 
+/// Replication: how far this node's indexes are behind the store.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SyncInfo {
+    /// `sqlite` or `postgres`.
+    pub backend: String,
+    /// Last change applied to the local indexes.
+    pub applied_seq: u64,
+    /// Newest change of the store (at the last look).
+    pub store_seq: u64,
+    pub lag: u64,
+    /// A follower keeps the indexes in step with the store.
+    pub following: bool,
+    /// The follower is woken by notifications (PostgreSQL), not only polls.
+    pub listening: bool,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Ready {
     pub ready: bool,
+    pub node_id: String,
     pub load: Load,
+    pub sync: SyncInfo,
 }
 
 /// Readiness: the engine is open, the store answers, the indexes are caught
@@ -81,9 +101,19 @@ pub async fn ready(State(state): State<SharedState>) -> ApiResult<ApiJson<Ready>
     engine.ready().await.map_err(|e| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()).retry_after(1)
     })?;
+    let sync = engine.sync_state();
     Ok(ApiJson(Ready {
         ready: true,
+        node_id: state.node_id().to_string(),
         load: load(&state),
+        sync: SyncInfo {
+            backend: sync.backend,
+            applied_seq: sync.applied_seq,
+            store_seq: sync.store_seq,
+            lag: sync.lag,
+            following: sync.following,
+            listening: sync.listening,
+        },
     }))
 }
 

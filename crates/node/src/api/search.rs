@@ -1,7 +1,8 @@
 //! `POST /api/v1/search`: ranked passages, no generation.
 use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
+use serde::Deserialize;
 
 use super::types::*;
 use crate::error::{ApiJson, ApiResult};
@@ -17,6 +18,44 @@ pub async fn search(
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<SearchBody>,
 ) -> ApiResult<ApiJson<SearchResponse>> {
+    run(&state, body).await
+}
+
+/// `GET /api/v1/search?query=…`: the same search as a safe, idempotent GET
+/// (proxies may retry it on another node; no metadata filter).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    pub query: String,
+    pub top_k: Option<usize>,
+    /// `hybrid`, `vector` or `lexical`.
+    #[param(value_type = Option<String>)]
+    pub mode: Option<ragfleet_rag::types::RetrievalMode>,
+    pub collection: Option<String>,
+}
+
+/// Search with query parameters (idempotent: retried by the gateway).
+#[utoipa::path(get, path = "/api/v1/search", tag = "search",
+    params(SearchParams),
+    responses((status = 200, body = SearchResponse),
+        (status = 400, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
+pub async fn search_get(
+    State(state): State<SharedState>,
+    params: Result<Query<SearchParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<ApiJson<SearchResponse>> {
+    let Query(p) = params?;
+    let body = SearchBody {
+        query: p.query,
+        top_k: p.top_k,
+        mode: p.mode,
+        collection: p.collection,
+        filter: Default::default(),
+    };
+    run(&state, body).await
+}
+
+async fn run(state: &SharedState, body: SearchBody) -> ApiResult<ApiJson<SearchResponse>> {
     let limits = &state.config.limits;
     check_text(limits, "query", &body.query)?;
     check_top_k(limits, body.top_k)?;

@@ -2,20 +2,37 @@
 //! built from), conversations and run snapshots.
 //!
 //! The traits are object-safe (`async_trait`) so the engine can hold any
-//! backend: the embedded [`sqlite::SqliteStore`] now, PostgreSQL next.
+//! backend: the embedded [`sqlite::SqliteStore`] or the shared
+//! [`postgres::PostgresStore`], chosen by [`crate::config::StoreConfig`]
+//! ([`open`]).
 //!
 //! Every change to a document (upsert or delete) gets a monotonically
 //! increasing sequence number in a change log ([`DocumentStore::changes_since`]);
 //! the indexes record the last sequence they applied, so a node that restarts
 //! — or a node that shares the store with others — catches up from there
 //! instead of rebuilding.
+//!
+//! **Ordering guarantee** (what makes the change log a replication feed):
+//! every backend commits changes in sequence order, so when a reader sees
+//! change N it also sees every change before N. A follower that remembers
+//! "applied up to N" therefore never skips a change. SQLite gives this for
+//! free (one writer at a time, the sequence is assigned inside the write
+//! transaction); PostgreSQL needs a table lock taken before the sequence is
+//! drawn (see [`postgres`]), because sequence values are handed out before
+//! commit and concurrent transactions could otherwise commit 10 before 9.
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{Conversation, ConversationInfo, Page, RunSnapshot, Turn};
+use crate::config::StoreConfig;
 use crate::types::Metadata;
-use crate::Result;
+use crate::{RagError, Result};
 
+pub mod postgres;
 pub mod sqlite;
 
 /// A document as stored (text included).
@@ -139,14 +156,48 @@ pub trait DocumentStore: Send + Sync {
     ) -> Result<Vec<String>>;
     /// `(documents, chunks)`.
     async fn counts(&self) -> Result<(usize, usize)>;
+    /// A wake-up feed of new changes from other writers, if the backend has
+    /// one (PostgreSQL LISTEN/NOTIFY). `None`: followers poll.
+    async fn listen(&self) -> Result<Option<Box<dyn ChangeListener>>> {
+        Ok(None)
+    }
+    /// `sqlite` or `postgres` (logs, metrics).
+    fn backend(&self) -> &'static str;
+}
+
+/// Wake-ups for a follower: "changes up to `seq` were committed".
+/// Notifications are hints; the change log stays the truth.
+#[async_trait]
+pub trait ChangeListener: Send {
+    /// Waits for the next notification: `Ok(Some(seq))` a change was
+    /// committed; `Ok(None)` the connection was lost and re-established, so
+    /// notifications may have been missed (catch up); `Err` the listener is
+    /// broken (drop it and listen again later).
+    async fn next(&mut self) -> Result<Option<u64>>;
 }
 
 #[async_trait]
 pub trait ConversationStore: Send + Sync {
     /// Appends turns to a conversation, creating it (with `title`) if new.
-    async fn append_turns(&self, conversation_id: &str, title: &str, turns: &[Turn]) -> Result<()>;
+    /// Returns the index of the first appended turn (turns are numbered
+    /// from 0 in order; concurrent appends to one conversation are serialised).
+    async fn append_turns(&self, conversation_id: &str, title: &str, turns: &[Turn])
+        -> Result<u64>;
     /// The last `n` turns, oldest first.
-    async fn recent_turns(&self, conversation_id: &str, n: usize) -> Result<Vec<Turn>>;
+    async fn recent_turns(&self, conversation_id: &str, n: usize) -> Result<Vec<Turn>> {
+        Ok(self
+            .recent_turns_indexed(conversation_id, n)
+            .await?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect())
+    }
+    /// The last `n` turns with their indexes, oldest first.
+    async fn recent_turns_indexed(
+        &self,
+        conversation_id: &str,
+        n: usize,
+    ) -> Result<Vec<(u64, Turn)>>;
     async fn get_conversation(&self, id: &str) -> Result<Option<Conversation>>;
     /// Most recently updated first.
     async fn list_conversations(
@@ -170,4 +221,109 @@ impl<T: DocumentStore + ConversationStore + RunStore> Store for T {}
 /// Now, RFC 3339 with milliseconds, UTC.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Opens the backend `cfg` names (see [`StoreConfig`]); the embedded SQLite
+/// file `data_dir/ragfleet.db` when it names none.
+pub async fn open(cfg: &StoreConfig, data_dir: &Path) -> Result<Arc<dyn Store>> {
+    let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
+    let busy_timeout = Duration::from_millis(cfg.busy_timeout_ms);
+    let pool_size = cfg.pool_size.max(1);
+    let Some(url) = cfg.url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| RagError::Storage(format!("creating {}: {e}", data_dir.display())))?;
+        let opts = sqlite::SqliteOptions {
+            pool_size,
+            busy_timeout,
+            connect_timeout,
+        };
+        return Ok(Arc::new(
+            sqlite::SqliteStore::open_with(&data_dir.join("ragfleet.db"), &opts).await?,
+        ));
+    };
+    let scheme = url
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if cfg.schema.is_some() && !matches!(scheme.as_str(), "postgres" | "postgresql") {
+        return Err(RagError::InvalidInput(format!(
+            "store.schema is for PostgreSQL only, but store.url is {}",
+            redact_url(url)
+        )));
+    }
+    match scheme.as_str() {
+        "sqlite" => {
+            let opts = sqlite::SqliteOptions {
+                pool_size,
+                busy_timeout,
+                connect_timeout,
+            };
+            Ok(Arc::new(
+                sqlite::SqliteStore::open_url_with(url, &opts).await?,
+            ))
+        }
+        "postgres" | "postgresql" => {
+            let opts = postgres::PostgresOptions {
+                schema: cfg.schema.clone(),
+                pool_size,
+                connect_timeout,
+            };
+            Ok(Arc::new(postgres::PostgresStore::open(url, &opts).await?))
+        }
+        _ => {
+            Err(RagError::InvalidInput(format!(
+            "store.url {}: unsupported scheme {:?} (use sqlite://PATH or postgres://USER@HOST/DB, \
+             or leave store.url out for data_dir/ragfleet.db)",
+            redact_url(url),
+            if url.contains(':') { scheme.as_str() } else { "" }
+        )))
+        }
+    }
+}
+
+/// `url` with the password (if any) replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[start..];
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..auth_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &authority[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!("{}{}:***{}", &url[..start], &userinfo[..colon], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+/// Checks a metadata filter key (both backends refuse the same keys, so a
+/// filter means the same everywhere).
+pub(crate) fn check_filter_key(key: &str) -> Result<()> {
+    if key.contains('"') || key.contains('\\') {
+        return Err(RagError::InvalidInput(format!(
+            "metadata filter key {key:?} may not contain quotes or backslashes"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db?x=1"),
+            "postgres://u:***@h:5432/db?x=1"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+        assert_eq!(redact_url("redis://:pw@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact_url("nonsense"), "nonsense");
+    }
 }

@@ -1,5 +1,14 @@
 //! The embedded store: one SQLite file (WAL mode) through sqlx, migrations
 //! embedded in the binary and applied at open.
+//!
+//! Several processes may share the file (`ragfleet up` runs its nodes on one
+//! store): SQLite serialises writers, every write transaction starts with
+//! `BEGIN IMMEDIATE` (taking the write lock up front, so a transaction never
+//! has to upgrade a read lock — the case where SQLite fails at once with
+//! SQLITE_BUSY instead of waiting), and the busy timeout makes a writer wait
+//! for another process's write instead of failing. Because the change
+//! sequence is assigned inside that exclusive write transaction, changes
+//! commit in sequence order (see [`super`]).
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
@@ -27,7 +36,7 @@ fn db_err(e: sqlx::Error) -> RagError {
     RagError::Storage(e.to_string())
 }
 
-fn json_err(e: serde_json::Error) -> RagError {
+pub(super) fn json_err(e: serde_json::Error) -> RagError {
     RagError::Storage(format!("corrupt JSON in store: {e}"))
 }
 
@@ -37,40 +46,83 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
+/// Pool settings of a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub pool_size: u32,
+    /// How long a writer waits for another connection's (or process's) write.
+    pub busy_timeout: Duration,
+    /// How long waiting for a free pooled connection may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 8,
+            busy_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Write transactions take SQLite's write lock at once (see the module docs).
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
 impl SqliteStore {
     /// Opens (creating if missing) the database file and applies migrations.
     pub async fn open(path: &Path) -> Result<Self> {
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
+        Self::open_with(path, &SqliteOptions::default()).await
+    }
+
+    pub async fn open_with(path: &Path, opts: &SqliteOptions) -> Result<Self> {
+        let conn = SqliteConnectOptions::new().filename(path);
+        Self::connect(conn, opts, &path.display().to_string()).await
+    }
+
+    /// Opens from a sqlx URL (`sqlite://path`, `sqlite:path`), creating the file if missing.
+    pub async fn open_url(url: &str) -> Result<Self> {
+        Self::open_url_with(url, &SqliteOptions::default()).await
+    }
+
+    pub async fn open_url_with(url: &str, opts: &SqliteOptions) -> Result<Self> {
+        let conn = SqliteConnectOptions::from_str(url)
+            .map_err(|e| RagError::InvalidInput(format!("store.url {url}: {e}")))?;
+        Self::connect(conn, opts, url).await
+    }
+
+    async fn connect(conn: SqliteConnectOptions, opts: &SqliteOptions, name: &str) -> Result<Self> {
+        let conn = conn
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        Self::connect(opts).await
-    }
-
-    /// Opens from a sqlx URL (`sqlite://path?mode=rwc`).
-    pub async fn open_url(url: &str) -> Result<Self> {
-        let opts = SqliteConnectOptions::from_str(url)
-            .map_err(db_err)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        Self::connect(opts).await
-    }
-
-    async fn connect(opts: SqliteConnectOptions) -> Result<Self> {
+            .busy_timeout(opts.busy_timeout);
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
+            .max_connections(opts.pool_size.max(1))
+            .acquire_timeout(opts.connect_timeout)
+            .connect_with(conn)
             .await
-            .map_err(db_err)?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|e| RagError::Storage(format!("migrating the SQLite store: {e}")))?;
+            .map_err(|e| RagError::Storage(format!("opening the SQLite store {name}: {e}")))?;
+        // Processes opening one new file at the same moment race to create
+        // the schema; the loser's migration fails ("table already exists")
+        // and succeeds on a retry, which finds it applied.
+        let mut attempt = 0;
+        loop {
+            match MIGRATOR.run(&pool).await {
+                Ok(()) => break,
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "SQLite migration raced another process; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => {
+                    return Err(RagError::Storage(format!(
+                        "migrating the SQLite store {name}: {e}"
+                    )))
+                }
+            }
+        }
         Ok(Self { pool })
     }
 
@@ -79,7 +131,7 @@ impl SqliteStore {
     }
 }
 
-fn encode_vec(v: &[f32]) -> Vec<u8> {
+pub(super) fn encode_vec(v: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(v.len() * 4);
     for x in v {
         out.extend_from_slice(&x.to_le_bytes());
@@ -87,7 +139,7 @@ fn encode_vec(v: &[f32]) -> Vec<u8> {
     out
 }
 
-fn decode_vec(b: &[u8]) -> Vec<f32> {
+pub(super) fn decode_vec(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
@@ -158,11 +210,7 @@ const CHUNK_COLS: &str = "c.key, c.id, c.doc_id, c.ordinal, d.collection, d.titl
 
 /// A JSON path for one top-level metadata key.
 fn json_path(key: &str) -> Result<String> {
-    if key.contains('"') || key.contains('\\') {
-        return Err(RagError::InvalidInput(format!(
-            "metadata filter key {key:?} may not contain quotes or backslashes"
-        )));
-    }
+    super::check_filter_key(key)?;
     Ok(format!("$.\"{key}\""))
 }
 
@@ -233,7 +281,7 @@ impl DocumentStore for SqliteStore {
     }
 
     async fn upsert_document(&self, doc: &DocumentRecord, chunks: &[NewChunk]) -> Result<Upserted> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
         let existing: Option<String> =
             sqlx::query_scalar("SELECT created_at FROM documents WHERE id = ?")
                 .bind(&doc.id)
@@ -322,7 +370,7 @@ impl DocumentStore for SqliteStore {
     }
 
     async fn delete_document(&self, id: &str) -> Result<Option<Change>> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM documents WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -491,9 +539,13 @@ impl DocumentStore for SqliteStore {
             .map_err(db_err)?;
         Ok((docs as usize, chunks as usize))
     }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
 }
 
-fn role_str(r: Role) -> &'static str {
+pub(super) fn role_str(r: Role) -> &'static str {
     match r {
         Role::System => "system",
         Role::User => "user",
@@ -501,7 +553,7 @@ fn role_str(r: Role) -> &'static str {
     }
 }
 
-fn role_from(s: &str) -> Role {
+pub(super) fn role_from(s: &str) -> Role {
     match s {
         "system" => Role::System,
         "assistant" => Role::Assistant,
@@ -533,8 +585,13 @@ fn conv_info_from_row(r: &SqliteRow) -> Result<ConversationInfo> {
 
 #[async_trait]
 impl ConversationStore for SqliteStore {
-    async fn append_turns(&self, conversation_id: &str, title: &str, turns: &[Turn]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+    async fn append_turns(
+        &self,
+        conversation_id: &str,
+        title: &str,
+        turns: &[Turn],
+    ) -> Result<u64> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
         let now = now_rfc3339();
         sqlx::query(
             "INSERT INTO conversations (id, title, turns, created_at, updated_at) VALUES (?, ?, 0, ?, ?) \
@@ -578,10 +635,14 @@ impl ConversationStore for SqliteStore {
             .await
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
-        Ok(())
+        Ok(next as u64)
     }
 
-    async fn recent_turns(&self, conversation_id: &str, n: usize) -> Result<Vec<Turn>> {
+    async fn recent_turns_indexed(
+        &self,
+        conversation_id: &str,
+        n: usize,
+    ) -> Result<Vec<(u64, Turn)>> {
         let rows = sqlx::query(
             "SELECT * FROM (SELECT * FROM turns WHERE conversation_id = ? ORDER BY idx DESC LIMIT ?) \
              ORDER BY idx",
@@ -591,7 +652,12 @@ impl ConversationStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        rows.iter().map(turn_from_row).collect()
+        rows.iter()
+            .map(|r| {
+                let idx: i64 = r.try_get("idx").map_err(db_err)?;
+                Ok((idx as u64, turn_from_row(r)?))
+            })
+            .collect()
     }
 
     async fn get_conversation(&self, id: &str) -> Result<Option<Conversation>> {
@@ -643,7 +709,7 @@ impl ConversationStore for SqliteStore {
     }
 
     async fn delete_conversation(&self, id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
         sqlx::query("DELETE FROM turns WHERE conversation_id = ?")
             .bind(id)
             .execute(&mut *tx)

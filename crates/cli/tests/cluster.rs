@@ -1,0 +1,1038 @@
+//! End-to-end cluster tests with real processes: the built `ragfleet`
+//! binary as nodes and gateway, the real embedding model (and SmolLM2 where
+//! an answer must take a while), the PostgreSQL and Redis of this machine,
+//! and an etcd (Debian's `etcd`) started here on free ports.
+//!
+//! The tests run one at a time (they share two cores).
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_ragfleet");
+const REDIS: &str = "redis://127.0.0.1:6379";
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn models() -> PathBuf {
+    let m = std::env::var_os("RAGFLEET_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
+    assert!(
+        m.join("all-minilm-l6-v2").is_dir(),
+        "models missing in {} (scripts/fetch-models.sh)",
+        m.display()
+    );
+    m
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let t = std::fs::read_to_string(path).unwrap_or_default();
+    let l: Vec<&str> = t.lines().collect();
+    l[l.len().saturating_sub(n)..].join("\n")
+}
+
+/// A child process, killed (SIGKILL) when dropped.
+struct Proc {
+    name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(name: &str, program: &str, args: Vec<String>, log: PathBuf) -> Proc {
+        let mut p = Proc {
+            name: name.into(),
+            args,
+            log,
+            child: None,
+        };
+        p.start(program);
+        p
+    }
+
+    fn start(&mut self, program: &str) {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(program)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
+        self.child = Some(child);
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own, not yet reaped, child.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit (after a signal), at most `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut().expect("running");
+            if let Some(s) = c.try_wait().unwrap() {
+                self.child = None;
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not exit within {timeout:?}; log:\n{}",
+                    self.name,
+                    tail(&self.log, 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn logs(&self) -> String {
+        format!("--- {} ---\n{}", self.name, tail(&self.log, 40))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A `ragfleet node` process.
+struct NodeProc {
+    proc: Proc,
+    id: String,
+    addr: SocketAddr,
+}
+
+impl NodeProc {
+    fn spawn(dir: &Path, id: &str, store_url: &str, extra: &[&str]) -> NodeProc {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut args: Vec<String> = vec![
+            "node".into(),
+            "--listen".into(),
+            addr.to_string(),
+            "--data".into(),
+            dir.join(id).display().to_string(),
+            "--models".into(),
+            models().display().to_string(),
+            "--node-id".into(),
+            id.into(),
+            "--store-url".into(),
+            store_url.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn(id, BIN, args, dir.join(format!("{id}.log")));
+        NodeProc {
+            proc,
+            id: id.into(),
+            addr,
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base())
+    }
+
+    /// Start the same node again (same port, data and flags).
+    fn restart(&mut self) {
+        self.proc.start(BIN);
+    }
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str, what: &str, logs: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/ready")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{what} never became ready\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let r = http.post(url).json(body).send().await.unwrap();
+    let s = r.status().as_u16();
+    let t = r.text().await.unwrap();
+    (s, serde_json::from_str(&t).unwrap_or(Value::String(t)))
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
+    let r = http.get(url).send().await.unwrap();
+    let s = r.status().as_u16();
+    let t = r.text().await.unwrap();
+    (s, serde_json::from_str(&t).unwrap_or(Value::String(t)))
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+struct Sse {
+    id: Option<u64>,
+    event: String,
+    data: Value,
+}
+
+/// Reads SSE events from a streamed response.
+struct SseReader {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl SseReader {
+    fn new(resp: reqwest::Response) -> Self {
+        Self {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event; `Ok(None)` at the end of the body; `Err` when the
+    /// connection broke.
+    async fn next(&mut self) -> Result<Option<Sse>, String> {
+        loop {
+            let norm = self.buf.replace("\r\n", "\n");
+            if let Some(i) = norm.find("\n\n") {
+                let block = norm[..i].to_string();
+                self.buf = norm[i + 2..].to_string();
+                let mut ev = Sse {
+                    id: None,
+                    event: "message".into(),
+                    data: Value::Null,
+                };
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        ev.id = v.trim().parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        ev.event = v.trim().into();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // keep-alive comment
+                }
+                ev.data = serde_json::from_str(&data.join("\n")).unwrap_or(Value::Null);
+                return Ok(Some(ev));
+            }
+            match self.resp.chunk().await {
+                Ok(Some(c)) => self.buf.push_str(&String::from_utf8_lossy(&c)),
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// An etcd of our own on free ports.
+struct Etcd {
+    _proc: Proc,
+    url: String,
+}
+
+impl Etcd {
+    async fn start(dir: &Path) -> Etcd {
+        let (c, p) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{c}");
+        let peer = format!("http://127.0.0.1:{p}");
+        let args = vec![
+            "--name".into(),
+            "e2e".into(),
+            "--data-dir".into(),
+            dir.join("etcd-data").display().to_string(),
+            "--listen-client-urls".into(),
+            url.clone(),
+            "--advertise-client-urls".into(),
+            url.clone(),
+            "--listen-peer-urls".into(),
+            peer.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer.clone(),
+            "--initial-cluster".into(),
+            format!("e2e={peer}"),
+        ];
+        let proc = Proc::spawn("etcd", "etcd", args, dir.join("etcd.log"));
+        let http = client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(format!("{url}/health")).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "etcd did not start\n{}", proc.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Etcd { _proc: proc, url }
+    }
+
+    /// The value and lease of a key, if present.
+    async fn get(&self, key: &str) -> Option<(Value, i64)> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let (s, v) = post(
+            &client(),
+            &format!("{}/v3/kv/range", self.url),
+            &json!({"key": b64.encode(key)}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let kv = v["kvs"].as_array()?.first()?.clone();
+        let value = b64.decode(kv["value"].as_str()?).ok()?;
+        let lease = kv["lease"]
+            .as_str()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        Some((serde_json::from_slice(&value).ok()?, lease))
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+const DOC: &str = "The zorblax reactor on Kepler station runs on liquid helium. \
+It was built in 2091 by the engineer Mira Okafor, who named it after her cat.";
+
+// ---------------------------------------------------------------------------
+
+/// Two nodes on one PostgreSQL store (and Redis conversation memory): a
+/// document ingested through A is found through B within 2 s, and a
+/// conversation started on A continues on B with its history.
+#[test]
+fn postgres_store_replicates_and_conversations_move_between_nodes() {
+    let _g = serial();
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = unique("e2e");
+        let cfg = dir.path().join("node.toml");
+        std::fs::write(
+            &cfg,
+            format!("[store]\nurl = \"{POSTGRES}\"\nschema = \"{schema}\"\n"),
+        )
+        .unwrap();
+        let cfg_s = cfg.display().to_string();
+        let extra = ["--config", cfg_s.as_str(), "--redis-url", REDIS];
+        let a = NodeProc::spawn(dir.path(), "pg-a", POSTGRES, &extra);
+        let http = client();
+        wait_ready(&http, &a.base(), "node A", || a.proc.logs()).await;
+        let b = NodeProc::spawn(dir.path(), "pg-b", POSTGRES, &extra);
+        wait_ready(&http, &b.base(), "node B", || b.proc.logs()).await;
+        let logs = || format!("{}\n{}", a.proc.logs(), b.proc.logs());
+
+        let (s, v) = post(
+            &http,
+            &a.url("/api/v1/documents"),
+            &json!({"id": "zorblax", "title": "Zorblax reactor", "text": DOC}),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let ingested = Instant::now();
+        let mut found_after = None;
+        while ingested.elapsed() < Duration::from_secs(2) {
+            let (s, v) = get(
+                &http,
+                &b.url("/api/v1/search?query=zorblax%20reactor%20helium&top_k=3"),
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+            if v["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["doc_id"] == "zorblax")
+            {
+                found_after = Some(ingested.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            found_after.is_some(),
+            "node B did not find the document ingested through A within 2 s\n{}",
+            logs()
+        );
+
+        // A conversation begun on A…
+        let (s, first) = post(
+            &http,
+            &a.url("/api/v1/chat"),
+            &json!({"message": "What does the zorblax reactor run on?"}),
+        )
+        .await;
+        assert_eq!(s, 200, "{first}");
+        assert!(
+            first["answer"].as_str().unwrap().contains("helium"),
+            "{first}"
+        );
+        let conv = first["conversation_id"].as_str().unwrap().to_string();
+        // …continues on B, which sees its history.
+        let (s, second) = post(
+            &http,
+            &b.url("/api/v1/chat"),
+            &json!({"message": "Who built it?", "conversation_id": conv}),
+        )
+        .await;
+        assert_eq!(s, 200, "{second}");
+        assert_eq!(second["conversation_id"], conv.as_str());
+        let (s, c) = get(&http, &b.url(&format!("/api/v1/conversations/{conv}"))).await;
+        assert_eq!(s, 200, "{c}");
+        let turns = c["turns"].as_array().unwrap();
+        assert_eq!(turns.len(), 4, "{c}");
+        assert_eq!(turns[0]["content"], "What does the zorblax reactor run on?");
+        assert_eq!(turns[2]["content"], "Who built it?");
+        // B's prompt carried A's exchange.
+        let run = second["run_id"].as_str().unwrap();
+        let (s, snap) = get(&http, &b.url(&format!("/api/v1/runs/{run}"))).await;
+        assert_eq!(s, 200, "{snap}");
+        let prompt = snap["prompt"].to_string();
+        assert!(
+            prompt.contains("What does the zorblax reactor run on?"),
+            "history missing from B's prompt: {prompt}"
+        );
+
+        drop(a);
+        drop(b);
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc"])
+            .arg(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .output();
+    });
+}
+
+/// A client whose connection to node A breaks mid-answer resumes at node B
+/// with `Last-Event-ID` and receives exactly the remaining events, while A
+/// keeps producing them (Redis carries them across).
+#[test]
+fn a_broken_stream_resumes_on_another_node() {
+    let _g = serial();
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = format!("sqlite://{}", dir.path().join("store.db").display());
+        let http = client();
+        let a = NodeProc::spawn(
+            dir.path(),
+            "res-a",
+            &store,
+            &["--generator", "local", "--redis-url", REDIS],
+        );
+        wait_ready(&http, &a.base(), "node A", || a.proc.logs()).await;
+        let b = NodeProc::spawn(dir.path(), "res-b", &store, &["--redis-url", REDIS]);
+        wait_ready(&http, &b.base(), "node B", || b.proc.logs()).await;
+        let logs = || format!("{}\n{}", a.proc.logs(), b.proc.logs());
+        let (s, v) = post(
+            &http,
+            &a.url("/api/v1/documents"),
+            &json!({"id": "zorblax", "title": "Zorblax reactor", "text": DOC}),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+
+        let resp = http
+            .post(a.url("/api/v1/chat"))
+            .json(&json!({"message": "Tell me a long story about the zorblax reactor.",
+                "stream": true, "max_tokens": 160, "temperature": 0.0}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let run_id = resp.headers()["x-ragfleet-run-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let mut sse = SseReader::new(resp);
+        let mut seen = Vec::new();
+        while seen.iter().filter(|e: &&Sse| e.event == "token").count() < 3 {
+            let ev = sse.next().await.unwrap().expect("stream ended early");
+            assert_ne!(ev.event, "done", "answer too short to test a resume");
+            seen.push(ev);
+        }
+        assert_eq!(seen[0].event, "retrieval");
+        assert_eq!(seen[0].data["run_id"], run_id.as_str());
+        drop(sse); // the connection breaks
+        let last = seen.last().unwrap().id.unwrap();
+
+        let resp = http
+            .get(b.url(&format!("/api/v1/chat/runs/{run_id}/events")))
+            .header("Last-Event-ID", last.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", logs());
+        assert_eq!(resp.headers()["x-ragfleet-node"], "res-b");
+        let mut sse = SseReader::new(resp);
+        let mut rest = Vec::new();
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(120), sse.next())
+                .await
+                .expect("resumed stream stalled")
+                .unwrap()
+                .expect("resumed stream ended without done");
+            let end = ev.event == "done" || ev.event == "error";
+            rest.push(ev);
+            if end {
+                break;
+            }
+        }
+        let done = rest.last().unwrap();
+        assert_eq!(done.event, "done", "{:?}\n{}", done.data, logs());
+        // Ids continue exactly where the client left off.
+        for (i, ev) in rest.iter().enumerate() {
+            assert_eq!(ev.id, Some(last + 1 + i as u64), "{rest:?}");
+        }
+        let text: String = seen
+            .iter()
+            .chain(rest.iter())
+            .filter(|e| e.event == "token")
+            .map(|e| e.data["text"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(done.data["answer"].as_str().unwrap(), text);
+        assert!(rest.iter().filter(|e| e.event == "token").count() > 3);
+
+        // The whole answer again from the start (?after absent), from A's memory.
+        let resp = http
+            .get(a.url(&format!("/api/v1/chat/runs/{run_id}/events")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.text().await.unwrap();
+        assert_eq!(
+            body.matches("event: token").count(),
+            seen.iter()
+                .chain(rest.iter())
+                .filter(|e| e.event == "token")
+                .count()
+        );
+        // Unknown runs and bad ids are clear errors.
+        let (s, v) = get(&http, &b.url("/api/v1/chat/runs/nope-123/events")).await;
+        assert_eq!(s, 404, "{v}");
+        let r = http
+            .get(b.url(&format!("/api/v1/chat/runs/{run_id}/events")))
+            .header("Last-Event-ID", "abc")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+    });
+}
+
+fn gateway_toml(listen: SocketAddr, nodes: &[SocketAddr]) -> String {
+    let servers: Vec<String> = nodes
+        .iter()
+        .map(|a| format!("  {{ addr = \"{a}\" }},"))
+        .collect();
+    format!(
+        "[listen]\naddr = \"{listen}\"\nshutdown_timeout = \"10s\"\n\n[[route]]\nprefix = \"/\"\npool = \"nodes\"\n\n\
+[pool.nodes]\npolicy = \"p2c\"\nmax_fails = 1\nfail_timeout = \"3s\"\nservers = [\n{}\n]\n\n\
+[pool.nodes.health]\npath = \"/ready\"\ninterval = \"1s\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n\n\
+[pool.nodes.timeouts]\nconnect = \"1s\"\n",
+        servers.join("\n")
+    )
+}
+
+#[derive(Default, Debug)]
+struct LoadStats {
+    ok: u64,
+    failed: Vec<String>,
+}
+
+/// Three nodes behind the gateway under a steady load of searches and
+/// chats; one node is SIGKILLed. No non-streaming request fails; the stream
+/// that was on the killed node ends (never hangs) and its resume from
+/// another node ends with an `error` event; the node restarts, catches up
+/// and takes traffic again.
+#[test]
+fn killing_a_node_under_load_costs_nothing() {
+    let _g = serial();
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = format!("sqlite://{}", dir.path().join("store.db").display());
+        let http = client();
+        let extra = ["--generator", "local", "--redis-url", REDIS];
+        let mut nodes = vec![NodeProc::spawn(dir.path(), "kill-1", &store, &extra)];
+        wait_ready(&http, &nodes[0].base(), "node 1", || nodes[0].proc.logs()).await;
+        nodes.push(NodeProc::spawn(dir.path(), "kill-2", &store, &extra));
+        nodes.push(NodeProc::spawn(dir.path(), "kill-3", &store, &extra));
+        for n in &nodes {
+            wait_ready(&http, &n.base(), &n.id, || n.proc.logs()).await;
+        }
+        let gw_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let gw_cfg = dir.path().join("gateway.toml");
+        let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+        std::fs::write(&gw_cfg, gateway_toml(gw_addr, &addrs)).unwrap();
+        let mut gw = Proc::spawn(
+            "gateway",
+            BIN,
+            vec!["gateway".into(), "--config".into(), gw_cfg.display().to_string()],
+            dir.path().join("gateway.log"),
+        );
+        let gw_base = format!("http://{gw_addr}");
+        wait_ready(&http, &gw_base, "gateway", || gw.logs()).await;
+        let (s, v) = post(
+            &http,
+            &format!("{gw_base}/api/v1/documents"),
+            &json!({"id": "zorblax", "title": "Zorblax reactor", "text": DOC}),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        // Every node has it before the load starts.
+        for n in &nodes {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let (_, v) = get(&http, &n.url("/api/v1/search?query=zorblax&mode=lexical")).await;
+                if v["hits"].as_array().is_some_and(|h| !h.is_empty()) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{} never caught up", n.id);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        // Steady load: searches (GET) and chats (POST, extractive) through the gateway.
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let mut load = Vec::new();
+        for w in 0..4 {
+            let stop = stop.clone();
+            let base = gw_base.clone();
+            load.push(tokio::spawn(async move {
+                let http = client();
+                let mut st = LoadStats::default();
+                let mut i = 0u64;
+                while !*stop.borrow() {
+                    i += 1;
+                    let res = if (w + i) % 2 == 0 {
+                        http.get(format!("{base}/api/v1/search?query=zorblax%20reactor&top_k=3"))
+                            .send()
+                            .await
+                    } else {
+                        http.post(format!("{base}/api/v1/chat"))
+                            .json(&json!({"message": "What does the zorblax reactor run on?",
+                                "generator": "extractive"}))
+                            .send()
+                            .await
+                    };
+                    match res {
+                        Ok(r) if r.status().is_success() => match r.bytes().await {
+                            Ok(_) => st.ok += 1,
+                            Err(e) => st.failed.push(format!("body: {e}")),
+                        },
+                        Ok(r) => {
+                            let s = r.status();
+                            let t = r.text().await.unwrap_or_default();
+                            st.failed.push(format!("{s}: {t}"));
+                        }
+                        Err(e) => st.failed.push(format!("request: {e}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                st
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        // A long streamed answer; the node serving it is the one to kill.
+        let resp = http
+            .post(format!("{gw_base}/api/v1/chat"))
+            .json(&json!({"message": "Tell me a long story about the zorblax reactor.",
+                "stream": true, "max_tokens": 400}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let victim_id = resp.headers()["x-ragfleet-node"].to_str().unwrap().to_string();
+        let run_id = resp.headers()["x-ragfleet-run-id"].to_str().unwrap().to_string();
+        let mut sse = SseReader::new(resp);
+        let mut last = None;
+        let mut tokens = 0;
+        while tokens < 3 {
+            let ev = sse.next().await.unwrap().expect("stream ended early");
+            assert_ne!(ev.event, "done", "answer too short");
+            if ev.event == "token" {
+                tokens += 1;
+            }
+            last = ev.id;
+        }
+        let vi = nodes.iter().position(|n| n.id == victim_id).unwrap();
+        nodes[vi].proc.kill9();
+        let killed_at = Instant::now();
+
+        // The stream through the gateway ends (the gateway closes it): no done, no hang.
+        let ended = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match sse.next().await {
+                    Ok(Some(ev)) => {
+                        assert_ne!(ev.event, "done", "the killed node cannot finish");
+                        if ev.event == "error" {
+                            return "error event";
+                        }
+                        last = ev.id.or(last);
+                    }
+                    Ok(None) => return "closed",
+                    Err(_) => return "broken",
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream on the killed node hangs");
+
+        // Resuming through the gateway (another node, from Redis): the
+        // remaining buffered events, then an error event — never a hang.
+        let resp = http
+            .get(format!("{gw_base}/api/v1/chat/runs/{run_id}/events"))
+            .header("Last-Event-ID", last.unwrap().to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_ne!(resp.headers()["x-ragfleet-node"], victim_id.as_str());
+        let mut sse = SseReader::new(resp);
+        let final_ev = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut expect = last.unwrap() + 1;
+            loop {
+                let ev = sse.next().await.unwrap().expect("resume ended without an event");
+                if let Some(id) = ev.id {
+                    assert_eq!(id, expect, "gap in the resumed events");
+                    expect += 1;
+                }
+                if ev.event == "error" || ev.event == "done" {
+                    return ev;
+                }
+            }
+        })
+        .await
+        .expect("the resumed stream of a dead node's answer hangs");
+        assert_eq!(final_ev.event, "error");
+        assert_eq!(final_ev.data["code"], "run_lost", "{:?}", final_ev.data);
+
+        // A document ingested while the node is down.
+        let (s, v) = post(
+            &http,
+            &format!("{gw_base}/api/v1/documents"),
+            &json!({"id": "quasar", "title": "Quasar pump", "text": "The quasar pump moves plasma through the Vetch conduit every ninety seconds."}),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        tokio::time::sleep(Duration::from_secs(3).saturating_sub(killed_at.elapsed())).await;
+
+        // The node comes back, catches up, rejoins.
+        nodes[vi].restart();
+        let victim = &nodes[vi];
+        wait_ready(&http, &victim.base(), "restarted node", || victim.proc.logs()).await;
+        let (_, v) = get(&http, &victim.url("/api/v1/search?query=quasar%20pump%20plasma&mode=lexical")).await;
+        assert!(
+            v["hits"].as_array().unwrap().iter().any(|h| h["doc_id"] == "quasar"),
+            "restarted node did not catch up: {v}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = http
+                .get(format!("{gw_base}/api/v1/search?query=zorblax"))
+                .send()
+                .await
+                .unwrap();
+            if r.headers().get("x-ragfleet-node").is_some_and(|h| h == victim_id.as_str()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the restarted node gets no traffic");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let _ = stop_tx.send(true);
+        let mut ok = 0;
+        let mut failed = Vec::new();
+        for l in load {
+            let st = l.await.unwrap();
+            ok += st.ok;
+            failed.extend(st.failed);
+        }
+        assert!(ok > 50, "too little load: {ok}");
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed: {:?}\n{}",
+            failed.len(),
+            ok + failed.len() as u64,
+            &failed[..failed.len().min(5)],
+            gw.logs()
+        );
+
+        // Everything stops cleanly.
+        gw.signal(libc::SIGTERM);
+        assert!(gw.wait_exit(Duration::from_secs(20)).success());
+        for n in nodes.iter_mut() {
+            n.proc.signal(libc::SIGTERM);
+            let s = n.proc.wait_exit(Duration::from_secs(30));
+            assert!(s.success(), "{} exited with {s}\n{}", n.id, n.proc.logs());
+        }
+    });
+}
+
+/// A node registers in etcd once ready, registers again when its lease is
+/// revoked behind its back, and on SIGTERM leaves etcd at once, turns
+/// `/ready` to 503, finishes its in-flight answer and exits 0.
+#[test]
+fn node_registers_in_etcd_and_drains_on_sigterm() {
+    let _g = serial();
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = Etcd::start(dir.path()).await;
+        let store = format!("sqlite://{}", dir.path().join("store.db").display());
+        let http = client();
+        let mut n = NodeProc::spawn(
+            dir.path(),
+            "etcd-n1",
+            &store,
+            &["--etcd", &etcd.url, "--etcd-lease-ttl", "4", "--generator", "local"],
+        );
+        wait_ready(&http, &n.base(), "node", || n.proc.logs()).await;
+        let key = "/ragfleet/nodes/etcd-n1";
+        let wait_key = |want: bool, not_lease: i64| {
+            let etcd = &etcd;
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                loop {
+                    let got = etcd.get(key).await;
+                    match (&got, want) {
+                        (Some((_, lease)), true) if *lease != not_lease => return got,
+                        (None, false) => return None,
+                        _ => {}
+                    }
+                    assert!(Instant::now() < deadline, "etcd key {key}: want present={want}, got {got:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let (value, lease) = wait_key(true, 0).await.unwrap();
+        assert_eq!(value["addr"], n.addr.to_string());
+        assert_eq!(value["weight"], 1);
+        assert_ne!(lease, 0, "the key must be bound to a lease");
+
+        // The lease disappears (etcd restarted, a long pause…): the node registers again.
+        let (s, v) = post(&http, &format!("{}/v3/lease/revoke", etcd.url), &json!({"ID": lease.to_string()})).await;
+        assert_eq!(s, 200, "{v}");
+        let (value2, lease2) = wait_key(true, lease).await.unwrap();
+        assert_eq!(value2, value);
+        assert_ne!(lease2, lease);
+
+        // Draining with an answer in flight.
+        let (s, v) = post(
+            &http,
+            &n.url("/api/v1/documents"),
+            &json!({"id": "zorblax", "title": "Zorblax reactor", "text": DOC}),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let resp = http
+            .post(n.url("/api/v1/chat"))
+            .json(&json!({"message": "Tell me a long story about the zorblax reactor.",
+                "stream": true, "max_tokens": 120}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut sse = SseReader::new(resp);
+        loop {
+            let ev = sse.next().await.unwrap().unwrap();
+            if ev.event == "token" {
+                break;
+            }
+        }
+        n.proc.signal(libc::SIGTERM);
+        // Gone from etcd while the answer is still being written.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while etcd.get(key).await.is_some() {
+            assert!(Instant::now() < deadline, "still registered after SIGTERM\n{}", n.proc.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r = http.get(n.url("/ready")).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        let mut end = None;
+        while let Some(ev) = sse.next().await.unwrap() {
+            if ev.event == "done" || ev.event == "error" {
+                end = Some(ev);
+                break;
+            }
+        }
+        assert_eq!(end.expect("stream ended without done").event, "done");
+        let s = n.proc.wait_exit(Duration::from_secs(30));
+        assert!(s.success(), "exit {s}\n{}", n.proc.logs());
+        drop(etcd);
+    });
+}
+
+/// `ragfleet up` starts a gateway and nodes, serves a search through the
+/// gateway, and stops everything on SIGINT.
+#[test]
+fn ragfleet_up_serves_and_stops_on_sigint() {
+    let _g = serial();
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut child = Command::new(BIN)
+            .args(["up", "--nodes", "2", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .arg("--models")
+            .arg(models())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        let err_log = std::sync::Arc::new(Mutex::new(String::new()));
+        let el = err_log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                el.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while !out.iter().any(|l: &String| l.contains("Ctrl-C stops everything")) {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) => out.push(l),
+                Err(_) => {
+                    if let Ok(Some(s)) = child.try_wait() {
+                        panic!("up exited {s}: {}", err_log.lock().unwrap());
+                    }
+                    assert!(Instant::now() < deadline, "up never became ready: {}", err_log.lock().unwrap());
+                }
+            }
+        }
+        let text = out.join("\n");
+        let gw = format!("http://127.0.0.1:{port}");
+        assert!(text.contains(&format!("{gw}/api/v1")), "{text}");
+        let metrics_line = out.iter().find(|l| l.trim_start().starts_with("metrics")).unwrap();
+        let node_urls: Vec<String> = metrics_line
+            .split_whitespace()
+            .filter(|w| w.starts_with("http://"))
+            .map(|w| w.trim_end_matches("/metrics").to_string())
+            .collect();
+        assert_eq!(node_urls.len(), 2, "{text}");
+
+        let http = client();
+        let (s, v) = post(
+            &http,
+            &format!("{gw}/api/v1/documents"),
+            &json!({"id": "zorblax", "title": "Zorblax reactor", "text": DOC}),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        // Searches through the gateway reach both nodes, and both find it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut answered_by = std::collections::BTreeSet::new();
+        while answered_by.len() < 2 {
+            let r = http
+                .get(format!("{gw}/api/v1/search?query=zorblax%20helium&top_k=3"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let node = r.headers()["x-ragfleet-node"].to_str().unwrap().to_string();
+            let v: Value = r.json().await.unwrap();
+            if v["hits"].as_array().unwrap().iter().any(|h| h["doc_id"] == "zorblax") {
+                answered_by.insert(node);
+            }
+            assert!(Instant::now() < deadline, "search through the gateway: {answered_by:?}");
+        }
+        for u in &node_urls {
+            let (s, _) = get(&http, &format!("{u}/metrics")).await;
+            assert_eq!(s, 200);
+        }
+
+        // SIGINT: everything stops, exit 0.
+        // SAFETY: our child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "up did not stop on SIGINT");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "up exited {status}: {}", err_log.lock().unwrap());
+        for u in node_urls.iter().chain(std::iter::once(&gw)) {
+            assert!(
+                http.get(format!("{u}/health")).send().await.is_err(),
+                "{u} still answers after up stopped"
+            );
+        }
+    });
+}
