@@ -17,6 +17,9 @@ command -v pg_ctlcluster >/dev/null || need_pkgs+=(postgresql)
 # `docker compose config` validates deploy/compose.yaml (no daemon needed).
 docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null \
   || need_pkgs+=(docker-compose)
+command -v chromium >/dev/null || need_pkgs+=(chromium)  # the web page's headless browser test
+command -v node >/dev/null || need_pkgs+=(nodejs)        # runs playwright-core for that test
+command -v npm >/dev/null || need_pkgs+=(npm)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -70,6 +73,24 @@ fi
 if ! python3 -c 'import openai' 2>/dev/null; then
   echo "setup: installing the openai Python package"
   python3 -m pip install --quiet 'openai>=1.40'
+fi
+
+# schemathesis fuzzes the node's API against its OpenAPI document
+# (crates/node/tests/schemathesis.rs). Pinned: the test uses its 4.x CLI flags.
+schemathesis_version=4.32.5
+if [ "$(python3 -c 'import schemathesis; print(schemathesis.__version__)' 2>/dev/null)" != "$schemathesis_version" ]; then
+  echo "setup: installing schemathesis $schemathesis_version"
+  python3 -m pip install --quiet "schemathesis==$schemathesis_version"
+fi
+
+# playwright-core (no browser download: the test uses Debian's chromium) for
+# the web page test (crates/node/tests/web.rs), from the committed lock file.
+web_tests="$root/crates/node/tests/web"
+pw_version() { (cd "$web_tests" && node -p "require('$1').version" 2>/dev/null) || true; }
+want_pw="$(cd "$web_tests" && node -p "require('./package-lock.json').packages['node_modules/playwright-core'].version")"
+if [ "$(pw_version ./node_modules/playwright-core/package.json)" != "$want_pw" ]; then
+  echo "setup: npm ci in crates/node/tests/web"
+  (cd "$web_tests" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
 fi
 
 "$root/scripts/fetch-models.sh"

@@ -91,7 +91,13 @@ impl Summary {
         if !self.failures.is_empty() {
             println!("{} failures:", self.failures.len());
             for (p, e) in &self.failures {
-                println!("  {}: {e}", p.display());
+                // Loader errors already start with the file's name.
+                let name = p.display().to_string();
+                if e.starts_with(&name) {
+                    println!("  {e}");
+                } else {
+                    println!("  {name}: {e}");
+                }
             }
         }
     }
@@ -306,14 +312,122 @@ fn tokio_util_reader(
 mod direct {
     //! Direct mode: the engine in this process writes the data directory.
     use super::*;
+    use ragfleet_node::{GeneratorKind, NodeConfig};
+    use ragfleet_rag::api::IngestStatus;
+    use ragfleet_rag::ingest::LoadOptions;
+
+    /// Documents handed to the engine per call (embedded and committed together).
+    const GROUP: usize = 32;
+
+    /// The node configuration direct mode opens the engine with: the config
+    /// file's chunking, embedder and index settings (so a node started later
+    /// on the same directory with the same file finds everything as it
+    /// expects), this data and models directory, and no generator model.
+    pub(super) fn config(args: &Args, data: &Path) -> anyhow::Result<NodeConfig> {
+        let mut cfg = match &args.config {
+            Some(p) => NodeConfig::from_file(p)?,
+            None => NodeConfig::default(),
+        };
+        cfg.data_dir = data.to_path_buf();
+        cfg.models_dir = args.models.clone();
+        // Ingestion only embeds: never load a generator model for it.
+        cfg.generator = GeneratorKind::Extractive;
+        cfg.local.enabled = false;
+        cfg.validate()?;
+        Ok(cfg)
+    }
 
     pub(super) async fn ingest_direct(
-        _args: &Args,
-        _data: &Path,
-        _files: &[PathBuf],
-        _bar: &ProgressBar,
+        args: &Args,
+        data: &Path,
+        files: &[PathBuf],
+        bar: &ProgressBar,
     ) -> anyhow::Result<Summary> {
-        bail!("direct mode (--data) needs the engine, which is not built yet; use --url")
+        let cfg = config(args, data)?;
+        std::fs::create_dir_all(data)
+            .with_context(|| format!("creating the data directory {}", data.display()))?;
+        let engine = ragfleet_node::open_engine(&cfg)
+            .await
+            .with_context(|| format!("opening the data directory {}", data.display()))?;
+        let opts = LoadOptions {
+            collection: args.collection.clone(),
+            ..Default::default()
+        };
+        let mut summary = Summary::default();
+        for path in files {
+            bar.set_message(path.display().to_string());
+            let res = ingest_file(&engine, path, &opts).await;
+            if let Err(e) = &res {
+                bar.println(format!("failed: {}: {e:#}", path.display()));
+            }
+            summary.add(path, res);
+            bar.inc(1);
+        }
+        engine
+            .flush()
+            .await
+            .with_context(|| format!("saving the indexes in {}", data.display()))?;
+        Ok(summary)
+    }
+
+    /// Load one file (one document, or one per line for JSON Lines) and
+    /// ingest what loaded. A file that fails as a whole is an error; bad
+    /// lines or documents inside a file are partial failures.
+    async fn ingest_file(
+        engine: &ragfleet_rag::Engine,
+        path: &Path,
+        opts: &LoadOptions,
+    ) -> anyhow::Result<FileOutcome> {
+        let p = path.to_path_buf();
+        let o = opts.clone();
+        let loaded = tokio::task::spawn_blocking(move || ragfleet_rag::ingest::load_path(&p, &o))
+            .await
+            .context("the loader task failed")?;
+        let source = path.display().to_string();
+        let mut out = FileOutcome::default();
+        let mut docs = Vec::new();
+        let mut errors = Vec::new();
+        for r in loaded {
+            match r {
+                Ok(mut d) => {
+                    if d.source.is_none() {
+                        d.source = Some(source.clone());
+                    }
+                    docs.push(d);
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if docs.is_empty() {
+            match errors.len() {
+                0 => bail!("no document in the file"),
+                1 => bail!("{}", errors.remove(0)),
+                _ => bail!("{}", errors.join("; ")),
+            }
+        }
+        out.partial_failures = errors;
+        while !docs.is_empty() {
+            let rest = docs.split_off(docs.len().min(GROUP));
+            let group = std::mem::replace(&mut docs, rest);
+            for r in engine.ingest_batch(group).await {
+                match r {
+                    Ok(o) => {
+                        out.documents += 1;
+                        out.chunks += o.chunks;
+                        match o.status {
+                            IngestStatus::Created => out.created += 1,
+                            IngestStatus::Replaced => out.replaced += 1,
+                            IngestStatus::Unchanged => out.unchanged += 1,
+                        }
+                    }
+                    Err(e) => out.partial_failures.push(e.to_string()),
+                }
+            }
+        }
+        if out.documents == 0 {
+            bail!("{}", out.partial_failures.join("; "));
+        }
+        Ok(out)
     }
 }
 

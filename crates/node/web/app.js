@@ -221,6 +221,9 @@ function showPassage(c) {
   if (c.score != null) where.push(`score ${Number(c.score).toFixed(3)}`);
   $("passage-meta").textContent = where.join(" · ");
   $("passage-text").textContent = c.snippet;
+  const src = $("passage-source");
+  src.href = api("/documents/" + encodeURIComponent(c.doc_id));
+  src.hidden = false;
 }
 
 // ---------------------------------------------------------------- SSE over fetch
