@@ -7,5 +7,7 @@ cd "$root"
 "$root/scripts/setup.sh"
 export RAGFLEET_MODELS="${RAGFLEET_MODELS:-$root/models}"
 cargo fmt --all -- --check
+# The compose file is valid (no Docker daemon needed for this check).
+docker compose -f deploy/compose.yaml config --quiet
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked --no-fail-fast
