@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ragfleet_rag::generate::{GenParams, Role};
 use ragfleet_rag::store::{
-    ChangeOp, ConversationStore, DocumentRecord, DocumentStore, NewChunk, RunStore, Store,
+    ChangeOp, DocumentRecord, NewChunk, Store,
 };
 use ragfleet_rag::types::{Metadata, RetrievalMode};
 use ragfleet_rag::{RagError, RunRetrieval, RunSnapshot, StoreConfig, Timings, Turn, Usage};
@@ -503,7 +503,11 @@ async fn concurrent_appends_to_one_conversation_are_serialised(t: TestStore) {
 /// changing the text's length in chars, so chunk offsets stay valid.
 async fn text_with_nul_keeps_its_length(t: TestStore) {
     let text = "before\0after";
-    t.s.upsert_document(&doc("n", "c", text, json!({})), &chunks("n", &[text]))
+    let d = DocumentRecord {
+        content_hash: "h".into(),
+        ..doc("n", "c", text, json!({}))
+    };
+    t.s.upsert_document(&d, &chunks("n", &[text]))
         .await
         .unwrap();
     let d = t.s.get_document("n").await.unwrap().unwrap();
