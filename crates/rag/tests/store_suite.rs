@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ragfleet_rag::generate::{GenParams, Role};
-use ragfleet_rag::store::{
-    ChangeOp, DocumentRecord, NewChunk, Store,
-};
+use ragfleet_rag::store::{ChangeOp, DocumentRecord, NewChunk, Store};
 use ragfleet_rag::types::{Metadata, RetrievalMode};
 use ragfleet_rag::{RagError, RunRetrieval, RunSnapshot, StoreConfig, Timings, Turn, Usage};
 use serde_json::json;
