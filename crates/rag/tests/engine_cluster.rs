@@ -596,3 +596,25 @@ async fn postgres_restart_under_load_loses_nothing_acknowledged() {
     assert!(b.get_conversation(&conv).await.unwrap().is_some());
     follower.shutdown().await;
 }
+
+/// Dropping the handle stops the follower; a stopped follower no longer
+/// counts for readiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_follower_handle_stops_it() {
+    let shared = shared_sqlite();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = engine_on(&shared.cfg, da.path()).await;
+    let b = engine_on(&shared.cfg, db.path()).await;
+    let handle = b.spawn_follower(Duration::from_millis(50));
+    assert!(handle.is_running() && b.sync_state().following);
+    drop(handle);
+    let stopped = eventually(Duration::from_secs(5), || async {
+        (!b.sync_state().following).then_some(())
+    })
+    .await;
+    assert!(stopped.is_some());
+    a.ingest(doc("late", "Owls hunt at night.")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.stats().documents, 0, "nothing follows any more");
+    assert!(b.ready().await.is_err());
+}
