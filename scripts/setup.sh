@@ -13,6 +13,9 @@ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy
 command -v wrk >/dev/null || need_pkgs+=(wrk)
 command -v openssl >/dev/null || need_pkgs+=(openssl)   # the gateway benchmark's HTTPS certificate
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+# postgresql also brings the server binaries (/usr/lib/postgresql/*/bin:
+# initdb, pg_ctl) the PostgreSQL-restart tests start a private server with
+# (as root they run it through runuser as the package's `postgres` user).
 command -v pg_ctlcluster >/dev/null || need_pkgs+=(postgresql)
 # `docker compose config` validates deploy/compose.yaml (no daemon needed).
 docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null \
@@ -20,6 +23,7 @@ docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null \
 command -v chromium >/dev/null || need_pkgs+=(chromium)  # the web page's headless browser test
 command -v node >/dev/null || need_pkgs+=(nodejs)        # runs playwright-core for that test
 command -v npm >/dev/null || need_pkgs+=(npm)
+command -v runuser >/dev/null || need_pkgs+=(util-linux)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
