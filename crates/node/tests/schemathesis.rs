@@ -17,6 +17,8 @@ async fn openapi_fuzzed_with_schemathesis() {
     seed(&node).await;
     let report = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new("python3")
+        // It keeps state (.schemathesis/) in its working directory.
+        .current_dir(report.path())
         .args(["-m", "schemathesis.cli", "run"])
         .arg(node.url("/api/v1/openapi.json"))
         .args(["--url", &node.base])
