@@ -160,7 +160,7 @@ const BATCH_GROUP: usize = 64;
 #[utoipa::path(post, path = "/api/v1/documents/batch", tag = "documents",
     params(BatchQuery),
     request_body(content = String, content_type = "application/x-ndjson"),
-    responses((status = 200, body = BatchResponse),
+    responses((status = 200, body = BatchResponse), (status = 400, body = crate::error::ErrorBody),
         (status = 415, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody),
         (status = 503, body = crate::error::ErrorBody)))]
 pub async fn batch(

@@ -123,7 +123,8 @@ pub struct CompletionResponse {
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
     request_body = CompletionRequest,
     responses((status = 200, body = CompletionResponse, content_type = "application/json"),
-        (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody),
+        (status = 400, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody),
+        (status = 415, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody),
         (status = 429, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 pub async fn completions(
     State(state): State<SharedState>,
