@@ -200,7 +200,11 @@ async fn wait_ready(http: &reqwest::Client, base: &str, what: &str, logs: impl F
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "{what} never became ready\n{}", logs());
+        assert!(
+            Instant::now() < deadline,
+            "{what} never became ready\n{}",
+            logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -322,7 +326,11 @@ impl Etcd {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "etcd did not start\n{}", proc.logs());
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not start\n{}",
+                proc.logs()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Etcd { _proc: proc, url }
@@ -496,8 +504,10 @@ fn a_broken_stream_resumes_on_another_node() {
 
         let resp = http
             .post(a.url("/api/v1/chat"))
-            .json(&json!({"message": "Tell me a long story about the zorblax reactor.",
-                "stream": true, "max_tokens": 160, "temperature": 0.0}))
+            .json(
+                &json!({"message": "Tell me a long story about the zorblax reactor.",
+                "stream": true, "max_tokens": 160, "temperature": 0.0}),
+            )
             .send()
             .await
             .unwrap();
@@ -848,7 +858,14 @@ fn node_registers_in_etcd_and_drains_on_sigterm() {
             dir.path(),
             "etcd-n1",
             &store,
-            &["--etcd", &etcd.url, "--etcd-lease-ttl", "4", "--generator", "local"],
+            &[
+                "--etcd",
+                &etcd.url,
+                "--etcd-lease-ttl",
+                "4",
+                "--generator",
+                "local",
+            ],
         );
         wait_ready(&http, &n.base(), "node", || n.proc.logs()).await;
         let key = "/ragfleet/nodes/etcd-n1";
@@ -863,7 +880,10 @@ fn node_registers_in_etcd_and_drains_on_sigterm() {
                         (None, false) => return None,
                         _ => {}
                     }
-                    assert!(Instant::now() < deadline, "etcd key {key}: want present={want}, got {got:?}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "etcd key {key}: want present={want}, got {got:?}"
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -874,7 +894,12 @@ fn node_registers_in_etcd_and_drains_on_sigterm() {
         assert_ne!(lease, 0, "the key must be bound to a lease");
 
         // The lease disappears (etcd restarted, a long pause…): the node registers again.
-        let (s, v) = post(&http, &format!("{}/v3/lease/revoke", etcd.url), &json!({"ID": lease.to_string()})).await;
+        let (s, v) = post(
+            &http,
+            &format!("{}/v3/lease/revoke", etcd.url),
+            &json!({"ID": lease.to_string()}),
+        )
+        .await;
         assert_eq!(s, 200, "{v}");
         let (value2, lease2) = wait_key(true, lease).await.unwrap();
         assert_eq!(value2, value);
@@ -890,8 +915,10 @@ fn node_registers_in_etcd_and_drains_on_sigterm() {
         assert_eq!(s, 201, "{v}");
         let resp = http
             .post(n.url("/api/v1/chat"))
-            .json(&json!({"message": "Tell me a long story about the zorblax reactor.",
-                "stream": true, "max_tokens": 120}))
+            .json(
+                &json!({"message": "Tell me a long story about the zorblax reactor.",
+                "stream": true, "max_tokens": 120}),
+            )
             .send()
             .await
             .unwrap();
@@ -907,7 +934,11 @@ fn node_registers_in_etcd_and_drains_on_sigterm() {
         // Gone from etcd while the answer is still being written.
         let deadline = Instant::now() + Duration::from_secs(3);
         while etcd.get(key).await.is_some() {
-            assert!(Instant::now() < deadline, "still registered after SIGTERM\n{}", n.proc.logs());
+            assert!(
+                Instant::now() < deadline,
+                "still registered after SIGTERM\n{}",
+                n.proc.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let r = http.get(n.url("/ready")).send().await.unwrap();
@@ -962,21 +993,31 @@ fn ragfleet_up_serves_and_stops_on_sigint() {
         });
         let mut out = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(240);
-        while !out.iter().any(|l: &String| l.contains("Ctrl-C stops everything")) {
+        while !out
+            .iter()
+            .any(|l: &String| l.contains("Ctrl-C stops everything"))
+        {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(l) => out.push(l),
                 Err(_) => {
                     if let Ok(Some(s)) = child.try_wait() {
                         panic!("up exited {s}: {}", err_log.lock().unwrap());
                     }
-                    assert!(Instant::now() < deadline, "up never became ready: {}", err_log.lock().unwrap());
+                    assert!(
+                        Instant::now() < deadline,
+                        "up never became ready: {}",
+                        err_log.lock().unwrap()
+                    );
                 }
             }
         }
         let text = out.join("\n");
         let gw = format!("http://127.0.0.1:{port}");
         assert!(text.contains(&format!("{gw}/api/v1")), "{text}");
-        let metrics_line = out.iter().find(|l| l.trim_start().starts_with("metrics")).unwrap();
+        let metrics_line = out
+            .iter()
+            .find(|l| l.trim_start().starts_with("metrics"))
+            .unwrap();
         let node_urls: Vec<String> = metrics_line
             .split_whitespace()
             .filter(|w| w.starts_with("http://"))
@@ -1004,10 +1045,18 @@ fn ragfleet_up_serves_and_stops_on_sigint() {
             assert_eq!(r.status(), 200);
             let node = r.headers()["x-ragfleet-node"].to_str().unwrap().to_string();
             let v: Value = r.json().await.unwrap();
-            if v["hits"].as_array().unwrap().iter().any(|h| h["doc_id"] == "zorblax") {
+            if v["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["doc_id"] == "zorblax")
+            {
                 answered_by.insert(node);
             }
-            assert!(Instant::now() < deadline, "search through the gateway: {answered_by:?}");
+            assert!(
+                Instant::now() < deadline,
+                "search through the gateway: {answered_by:?}"
+            );
         }
         for u in &node_urls {
             let (s, _) = get(&http, &format!("{u}/metrics")).await;
@@ -1027,7 +1076,11 @@ fn ragfleet_up_serves_and_stops_on_sigint() {
             assert!(Instant::now() < deadline, "up did not stop on SIGINT");
             std::thread::sleep(Duration::from_millis(100));
         };
-        assert!(status.success(), "up exited {status}: {}", err_log.lock().unwrap());
+        assert!(
+            status.success(),
+            "up exited {status}: {}",
+            err_log.lock().unwrap()
+        );
         for u in node_urls.iter().chain(std::iter::once(&gw)) {
             assert!(
                 http.get(format!("{u}/health")).send().await.is_err(),

@@ -420,7 +420,9 @@ impl NodeConfig {
         }
         let r = &self.redis.url;
         if self.redis.is_configured()
-            && !(r.starts_with("redis://") || r.starts_with("rediss://") || r.starts_with("unix://"))
+            && !(r.starts_with("redis://")
+                || r.starts_with("rediss://")
+                || r.starts_with("unix://"))
         {
             return Err(ConfigError::Invalid(format!(
                 "redis.url must start with redis://, rediss:// or unix://, not {r:?}"
