@@ -677,7 +677,7 @@ fn killing_a_node_under_load_costs_nothing() {
                 let mut i = 0u64;
                 while !*stop.borrow() {
                     i += 1;
-                    let res = if (w + i) % 2 == 0 {
+                    let res = if (w + i).is_multiple_of(2) {
                         http.get(format!("{base}/api/v1/search?query=zorblax%20reactor&top_k=3"))
                             .send()
                             .await
