@@ -854,6 +854,10 @@ fn node_registers_in_etcd_and_drains_on_sigterm() {
         let etcd = Etcd::start(dir.path()).await;
         let store = format!("sqlite://{}", dir.path().join("store.db").display());
         let http = client();
+        // /ready answers 503 for 3 s after SIGTERM before the listener closes.
+        let cfg = dir.path().join("node.toml");
+        std::fs::write(&cfg, "[shutdown]\ndrain_delay_ms = 3000\n").unwrap();
+        let cfg = cfg.display().to_string();
         let mut n = NodeProc::spawn(
             dir.path(),
             "etcd-n1",
@@ -865,6 +869,8 @@ fn node_registers_in_etcd_and_drains_on_sigterm() {
                 "4",
                 "--generator",
                 "local",
+                "--config",
+                &cfg,
             ],
         );
         wait_ready(&http, &n.base(), "node", || n.proc.logs()).await;
