@@ -1004,7 +1004,7 @@ fn ragfleet_up_serves_and_stops_on_sigint() {
     rt().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let mut child = Command::new(BIN)
+        let child = Command::new(BIN)
             .args(["up", "--nodes", "2", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data")
