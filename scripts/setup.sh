@@ -12,7 +12,11 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 command -v wrk >/dev/null || need_pkgs+=(wrk)
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+# postgresql also brings the server binaries (/usr/lib/postgresql/*/bin:
+# initdb, pg_ctl) the PostgreSQL-restart tests start a private server with
+# (as root they run it through runuser as the package's `postgres` user).
 command -v pg_ctlcluster >/dev/null || need_pkgs+=(postgresql)
+command -v runuser >/dev/null || need_pkgs+=(util-linux)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

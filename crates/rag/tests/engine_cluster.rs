@@ -170,10 +170,13 @@ async fn ingest_on_a_is_searchable_on_b_and_deletes_propagate(shared: Shared, ba
     b.ready().await.unwrap();
 
     // A replace: the old text is gone from B's indexes, the new one is there.
-    a.ingest(doc(
-        "quokka",
-        "Volcanoes are ruptures in the crust through which lava escapes.",
-    ))
+    a.ingest(NewDocument {
+        title: Some("Volcanoes".into()),
+        ..doc(
+            "quokka",
+            "Volcanoes are ruptures in the crust through which lava escapes.",
+        )
+    })
     .await
     .unwrap();
     let replaced = eventually(PROPAGATION, || async {
@@ -186,13 +189,22 @@ async fn ingest_on_a_is_searchable_on_b_and_deletes_propagate(shared: Shared, ba
 
     // A delete.
     assert!(a.delete_document("quokka").await.unwrap());
+    // (Search results are resolved through the store, which already lacks
+    // the chunks: wait for B's own indexes to drop them.)
     let gone = eventually(PROPAGATION, || async {
-        lexical_ids(&b, "lava crust").await.is_empty().then_some(())
+        let st = b.stats();
+        (st.vector_index_size == 0 && st.lexical_index_size == 0).then_some(())
     })
     .await;
     assert!(gone.is_some(), "delete not applied on B within 2 s");
     assert!(vector_top(&b, "lava").await.is_none());
-    assert_eq!((b.stats().documents, b.stats().chunks), (0, 0));
+    assert_eq!(
+        (b.stats().documents, b.stats().chunks),
+        (0, 0),
+        "{:?} {:?}",
+        b.stats(),
+        b.sync_state()
+    );
     assert_eq!(b.stats().vector_index_size, 0);
 
     follower.shutdown().await;
@@ -583,4 +595,26 @@ async fn postgres_restart_under_load_loses_nothing_acknowledged() {
     .await;
     assert!(b.get_conversation(&conv).await.unwrap().is_some());
     follower.shutdown().await;
+}
+
+/// Dropping the handle stops the follower; a stopped follower no longer
+/// counts for readiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_follower_handle_stops_it() {
+    let shared = shared_sqlite();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = engine_on(&shared.cfg, da.path()).await;
+    let b = engine_on(&shared.cfg, db.path()).await;
+    let handle = b.spawn_follower(Duration::from_millis(50));
+    assert!(handle.is_running() && b.sync_state().following);
+    drop(handle);
+    let stopped = eventually(Duration::from_secs(5), || async {
+        (!b.sync_state().following).then_some(())
+    })
+    .await;
+    assert!(stopped.is_some());
+    a.ingest(doc("late", "Owls hunt at night.")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.stats().documents, 0, "nothing follows any more");
+    assert!(b.ready().await.is_err());
 }

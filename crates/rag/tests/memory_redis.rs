@@ -5,7 +5,6 @@ mod store_support;
 
 use ragfleet_rag::generate::Role;
 use ragfleet_rag::memory::{ConversationMemory, RedisMemory};
-use ragfleet_rag::store::ConversationStore;
 use ragfleet_rag::{MemoryConfig, Turn};
 use store_support::{redis_url, unique, TestStore};
 

@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ragfleet_rag::generate::{GenParams, Role};
-use ragfleet_rag::store::{
-    ChangeOp, ConversationStore, DocumentRecord, DocumentStore, NewChunk, RunStore, Store,
-};
+use ragfleet_rag::store::{ChangeOp, DocumentRecord, NewChunk, Store};
 use ragfleet_rag::types::{Metadata, RetrievalMode};
 use ragfleet_rag::{RagError, RunRetrieval, RunSnapshot, StoreConfig, Timings, Turn, Usage};
 use serde_json::json;
@@ -503,7 +501,11 @@ async fn concurrent_appends_to_one_conversation_are_serialised(t: TestStore) {
 /// changing the text's length in chars, so chunk offsets stay valid.
 async fn text_with_nul_keeps_its_length(t: TestStore) {
     let text = "before\0after";
-    t.s.upsert_document(&doc("n", "c", text, json!({})), &chunks("n", &[text]))
+    let d = DocumentRecord {
+        content_hash: "h".into(),
+        ..doc("n", "c", text, json!({}))
+    };
+    t.s.upsert_document(&d, &chunks("n", &[text]))
         .await
         .unwrap();
     let d = t.s.get_document("n").await.unwrap().unwrap();
