@@ -379,7 +379,11 @@ async fn start_all(exe: &Path, children: &mut [Child], args: &Args) -> anyhow::R
     Ok(())
 }
 
-async fn wait_ready(http: &reqwest::Client, c: &mut Child, deadline: Instant) -> anyhow::Result<()> {
+async fn wait_ready(
+    http: &reqwest::Client,
+    c: &mut Child,
+    deadline: Instant,
+) -> anyhow::Result<()> {
     let url = format!("{}{}", c.base, c.ready_path);
     loop {
         if let Some(status) = c.exited() {
@@ -410,10 +414,16 @@ async fn wait_ready(http: &reqwest::Client, c: &mut Child, deadline: Instant) ->
 
 fn print_urls(args: &Args, nodes: &[SocketAddr], data: &Path) {
     let gw = format!("http://{}", args.listen);
-    println!("ragfleet up: ready — {} nodes behind the gateway", nodes.len());
+    println!(
+        "ragfleet up: ready — {} nodes behind the gateway",
+        nodes.len()
+    );
     println!("  page     {gw}/");
     println!("  API      {gw}/api/v1   (docs {gw}/api/v1/docs, OpenAI-compatible {gw}/v1)");
-    let metrics: Vec<String> = nodes.iter().map(|a| format!("http://{a}/metrics")).collect();
+    let metrics: Vec<String> = nodes
+        .iter()
+        .map(|a| format!("http://{a}/metrics"))
+        .collect();
     println!("  metrics  {}", metrics.join(" "));
     println!("  logs     {}", data.join("logs").display());
     println!("Ctrl-C stops everything.");
@@ -452,8 +462,13 @@ async fn supervise(
                 if c.quick_failures >= 5 {
                     bail!("{} failed 5 times in a row; giving up", c.name);
                 }
-                let backoff = Duration::from_secs(1 << c.quick_failures.min(5)).min(Duration::from_secs(30));
-                eprintln!("ragfleet up: restarting {} in {} s", c.name, backoff.as_secs());
+                let backoff =
+                    Duration::from_secs(1 << c.quick_failures.min(5)).min(Duration::from_secs(30));
+                eprintln!(
+                    "ragfleet up: restarting {} in {} s",
+                    c.name,
+                    backoff.as_secs()
+                );
                 c.restart_at = Some(Instant::now() + backoff);
             }
             if c.proc.is_none() && c.restart_at.is_some_and(|t| Instant::now() >= t) {
@@ -511,7 +526,11 @@ mod tests {
             "127.0.0.1:9001".parse().unwrap(),
             "127.0.0.1:9002".parse().unwrap(),
         ];
-        std::fs::write(&p, gateway_toml("127.0.0.1:8080".parse().unwrap(), &nodes, 30)).unwrap();
+        std::fs::write(
+            &p,
+            gateway_toml("127.0.0.1:8080".parse().unwrap(), &nodes, 30),
+        )
+        .unwrap();
         let cfg = ragfleet_gateway::config::Config::load(&p).unwrap();
         let pool = &cfg.pools["nodes"];
         assert_eq!(pool.servers.len(), 2);

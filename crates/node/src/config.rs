@@ -236,7 +236,7 @@ impl Default for ShutdownConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://host:port[/db]`; empty: no Redis (streams resume on the
@@ -244,6 +244,15 @@ pub struct RedisConfig {
     pub url: String,
     /// Prefix of every key this node writes.
     pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            key_prefix: "ragfleet:".into(),
+        }
+    }
 }
 
 impl RedisConfig {
@@ -420,7 +429,9 @@ impl NodeConfig {
         }
         let r = &self.redis.url;
         if self.redis.is_configured()
-            && !(r.starts_with("redis://") || r.starts_with("rediss://") || r.starts_with("unix://"))
+            && !(r.starts_with("redis://")
+                || r.starts_with("rediss://")
+                || r.starts_with("unix://"))
         {
             return Err(ConfigError::Invalid(format!(
                 "redis.url must start with redis://, rediss:// or unix://, not {r:?}"

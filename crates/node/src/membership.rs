@@ -125,7 +125,9 @@ impl Registrar {
 
     /// Grant a lease and put the key under it.
     pub async fn register(&mut self) -> Result<i64, EtcdError> {
-        let granted = self.call("/v3/lease/grant", json!({"TTL": self.ttl_s})).await?;
+        let granted = self
+            .call("/v3/lease/grant", json!({"TTL": self.ttl_s}))
+            .await?;
         let id = granted
             .get("ID")
             .and_then(lease_id)
@@ -159,10 +161,7 @@ impl Registrar {
     /// Delete the key and revoke the lease.
     pub async fn deregister(&mut self) -> Result<(), EtcdError> {
         let del = self
-            .call(
-                "/v3/kv/deleterange",
-                json!({"key": B64.encode(&self.key)}),
-            )
+            .call("/v3/kv/deleterange", json!({"key": B64.encode(&self.key)}))
             .await;
         if let Some(id) = self.lease.take() {
             self.call("/v3/lease/revoke", json!({"ID": id.to_string()}))
@@ -206,7 +205,9 @@ pub async fn run(state: SharedState, stop: CancellationToken) {
         match reg.register().await {
             Ok(lease) => {
                 backoff = Duration::from_millis(250);
-                state.registered.store(true, std::sync::atomic::Ordering::SeqCst);
+                state
+                    .registered
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 metrics::counter!("ragfleet_node_etcd_registrations_total").increment(1);
                 tracing::info!(key = %reg.key, value = %reg.value, lease, "registered in etcd");
             }
@@ -237,13 +238,17 @@ pub async fn run(state: SharedState, stop: CancellationToken) {
                 Ok(true) => last_ok = Instant::now(),
                 Ok(false) => {
                     tracing::warn!(key = %reg.key, "etcd lease lost; registering again");
-                    state.registered.store(false, std::sync::atomic::Ordering::SeqCst);
+                    state
+                        .registered
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
                     continue 'register;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "etcd keep-alive failed");
                     if last_ok.elapsed() >= Duration::from_secs(cfg.lease_ttl_s) {
-                        state.registered.store(false, std::sync::atomic::Ordering::SeqCst);
+                        state
+                            .registered
+                            .store(false, std::sync::atomic::Ordering::SeqCst);
                         continue 'register;
                     }
                 }

@@ -9,9 +9,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, NodeConfig};
-use crate::runs::RunHub;
 use crate::error::ApiError;
 use crate::gate::GenerationGate;
+use crate::runs::RunHub;
 
 pub type SharedState = Arc<AppState>;
 

@@ -58,9 +58,9 @@ async fn stream_chat(node: &TestNode, message: &str) -> (String, Vec<Ev>) {
 }
 
 async fn resume(node: &TestNode, run_id: &str, last: Option<&str>, query: &str) -> (u16, String) {
-    let mut req = node.client.get(node.url(&format!(
-        "/api/v1/chat/runs/{run_id}/events{query}"
-    )));
+    let mut req = node
+        .client
+        .get(node.url(&format!("/api/v1/chat/runs/{run_id}/events{query}")));
     if let Some(l) = last {
         req = req.header("Last-Event-ID", l);
     }

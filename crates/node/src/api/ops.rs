@@ -28,6 +28,8 @@ pub struct Health {
     /// Always `ok` when the process answers.
     pub status: String,
     pub node_id: String,
+    /// The node's process id (supervisors, tests).
+    pub pid: u32,
     /// The engine is open (see `/ready` for the full check).
     pub engine: bool,
     pub draining: bool,
@@ -53,6 +55,7 @@ pub async fn health(State(state): State<SharedState>) -> ApiJson<Health> {
     ApiJson(Health {
         status: "ok".into(),
         node_id: state.node_id().to_string(),
+        pid: std::process::id(),
         engine: state.engine_opt().is_some(),
         draining: state.is_draining(),
         uptime_s: state.started.elapsed().as_secs_f64(),
