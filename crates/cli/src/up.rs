@@ -199,6 +199,11 @@ timeout = "1s"
 rise = 1
 fall = 1
 
+# A chat in flight on a node that dies is asked again on another node
+# (before any byte of the answer went out): nodes are interchangeable.
+[pool.nodes.retries]
+non_idempotent = true
+
 [pool.nodes.timeouts]
 connect = "1s"
 response_headers = "120s"

@@ -602,6 +602,7 @@ fn gateway_toml(listen: SocketAddr, nodes: &[SocketAddr]) -> String {
         "[listen]\naddr = \"{listen}\"\nshutdown_timeout = \"10s\"\n\n[[route]]\nprefix = \"/\"\npool = \"nodes\"\n\n\
 [pool.nodes]\npolicy = \"p2c\"\nmax_fails = 1\nfail_timeout = \"3s\"\nservers = [\n{}\n]\n\n\
 [pool.nodes.health]\npath = \"/ready\"\ninterval = \"1s\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n\n\
+[pool.nodes.retries]\nnon_idempotent = true\n\n\
 [pool.nodes.timeouts]\nconnect = \"1s\"\n",
         servers.join("\n")
     )

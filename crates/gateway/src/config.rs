@@ -423,6 +423,11 @@ pub struct RetryConfig {
     /// Request bodies up to this size (bytes) are buffered so they can be
     /// replayed on retry; larger or chunked bodies stream and are not retried.
     pub max_body_buffer: u64,
+    /// Also retry non-idempotent requests (POST, PATCH) after errors where
+    /// the upstream may have received them (nginx's `proxy_next_upstream
+    /// non_idempotent`) — still only before any response byte went to the
+    /// client. Off by default: a retried POST may be processed twice.
+    pub non_idempotent: bool,
 }
 
 impl Default for RetryConfig {
@@ -440,6 +445,7 @@ impl Default for RetryConfig {
             budget_ratio: 0.2,
             budget_min_per_sec: 10.0,
             max_body_buffer: 1 << 20,
+            non_idempotent: false,
         }
     }
 }

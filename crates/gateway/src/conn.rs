@@ -62,7 +62,10 @@ impl Edge {
     pub(crate) fn render_metrics(&self, o: &mut String) {
         use std::fmt::Write;
         let mut one = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
         let rl = self.rate_limiter.load();
         one(

@@ -353,7 +353,7 @@ async fn proxy(
             attempt + 1 < tries
                 && replayable
                 && cfg.retries.on.contains(&kind)
-                && (idempotent(&method) || kind == FailKind::Connect)
+                && (idempotent(&method) || kind == FailKind::Connect || cfg.retries.non_idempotent)
         };
         let (kind, err) = match outcome {
             Ok(Ok(res)) => {

@@ -67,6 +67,32 @@ async fn status_503_is_retried_for_get_not_for_post() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_idempotent_retries_post_after_a_503_when_enabled() {
+    let a = Upstream::start("a").await;
+    a.state.status.store(503, SeqCst);
+    let b = Upstream::start("b").await;
+    let toml = format!(
+        "[[route]]\nprefix = \"/\"\npool = \"p\"\n[pool.p]\npolicy = \"round_robin\"\nmax_fails = 0\nservers = [{{ addr = \"{}\" }}, {{ addr = \"{}\" }}]\n[pool.p.retries]\nnon_idempotent = true\n",
+        a.addr, b.addr
+    );
+    let gw = TestGateway::start(&toml).await;
+    for i in 0..4 {
+        let res = send_from(
+            None,
+            gw.addr,
+            request("POST", gw.addr, "/x", &[], &format!("q {i}")),
+        )
+        .await
+        .unwrap();
+        let r = read(res).await.unwrap();
+        assert_eq!(r.status, 200, "the 503 of a is retried on b");
+        assert_eq!(r.body, "b");
+    }
+    assert_eq!(a.hits(), 2, "a is tried every other request");
+    assert_eq!(b.hits(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_retried_after_the_first_byte() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
