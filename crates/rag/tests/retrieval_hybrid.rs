@@ -42,6 +42,10 @@ async fn hybrid_fuses_lexical_and_vector_ranks_on_squad_paragraphs() {
     }
     let candidates = engine.config().retrieval.candidates;
     let rrf_k = engine.config().retrieval.rrf_k;
+    let (wl, wv) = (
+        engine.config().retrieval.lexical_weight,
+        engine.config().retrieval.vector_weight,
+    );
     let mut per_mode: HashMap<RetrievalMode, Vec<(Vec<Hit>, String)>> = HashMap::new();
     for (text, rel) in &corpus.queries {
         let lex = engine
@@ -56,7 +60,7 @@ async fn hybrid_fuses_lexical_and_vector_ranks_on_squad_paragraphs() {
             .search(q(text, RetrievalMode::Hybrid, 5))
             .await
             .unwrap();
-        // Every hybrid score is Σ 1/(k + rank) over the two candidate lists,
+        // Every hybrid score is Σ w/(k + rank) over the two candidate lists,
         // and the hybrid list is ordered by it.
         for h in &hyb {
             let rank = |l: &[Hit]| {
@@ -64,7 +68,7 @@ async fn hybrid_fuses_lexical_and_vector_ranks_on_squad_paragraphs() {
                     .position(|x| x.chunk_id == h.chunk_id)
                     .map(|p| 1.0 / (rrf_k + (p + 1) as f32))
             };
-            let expected = rank(&lex).unwrap_or(0.0) + rank(&vec).unwrap_or(0.0);
+            let expected = wl * rank(&lex).unwrap_or(0.0) + wv * rank(&vec).unwrap_or(0.0);
             assert!(
                 (h.score - expected).abs() < 1e-6,
                 "{} vs {expected}",
@@ -86,7 +90,7 @@ async fn hybrid_fuses_lexical_and_vector_ranks_on_squad_paragraphs() {
                     .position(|x| x.chunk_id == c)
                     .map(|p| 1.0 / (rrf_k + (p + 1) as f32))
             };
-            let s = rank(&lex).unwrap_or(0.0) + rank(&vec).unwrap_or(0.0);
+            let s = wl * rank(&lex).unwrap_or(0.0) + wv * rank(&vec).unwrap_or(0.0);
             assert!(s <= hyb[0].score + 1e-6);
         }
         // Lexical scores are BM25 (descending), vector scores cosine in [-1, 1].
