@@ -9,6 +9,7 @@
 #
 #   bench/gateway/run.sh            # defaults below
 #   WORKERS=2 DURATION=15s CONNS=100 SSE_STREAMS=1000 WS_TUNNELS=1000 bench/gateway/run.sh
+#   GATEWAY_ONLY=1 bench/gateway/run.sh   # the gateway library via an example: no release build of the CLI
 #
 # nginx and haproxy run as our own processes with configs in a temp dir.
 # Only 127.0.0.1 is targeted; every run is bounded by DURATION.
@@ -30,11 +31,23 @@ for tool in wrk "$NGINX" "$HAPROXY" openssl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk nginx haproxy)" >&2; exit 1; }
 done
 
+# GATEWAY_ONLY=1: run the gateway library through the gateway_reload_bench
+# example (same code and runtime as `ragfleet gateway`) instead of the CLI,
+# whose release build also compiles the model crates.
 if [ -z "${SKIP_BUILD:-}" ]; then
   echo "building ragfleet (release)..." >&2
-  (cd "$root" && cargo build --release -q -p ragfleet -p ragfleet-gateway --example gateway_bench_tool)
+  if [ -n "${GATEWAY_ONLY:-}" ]; then
+    (cd "$root" && cargo build --release -q -p ragfleet-gateway \
+        --example gateway_bench_tool --example gateway_reload_bench)
+  else
+    (cd "$root" && cargo build --release -q -p ragfleet -p ragfleet-gateway --example gateway_bench_tool)
+  fi
 fi
-RAGFLEET="${RAGFLEET_BIN:-$CARGO_TARGET_DIR/release/ragfleet}"
+if [ -n "${GATEWAY_ONLY:-}" ]; then
+  RAGFLEET="${RAGFLEET_BIN:-$CARGO_TARGET_DIR/release/examples/gateway_reload_bench}"
+else
+  RAGFLEET="${RAGFLEET_BIN:-$CARGO_TARGET_DIR/release/ragfleet}"
+fi
 TOOL="${BENCH_TOOL:-$CARGO_TARGET_DIR/release/examples/gateway_bench_tool}"
 
 tmp="$(mktemp -d /tmp/ragfleet-gw-bench.XXXXXX)"

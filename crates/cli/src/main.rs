@@ -10,6 +10,11 @@ mod logging;
 mod node;
 mod up;
 
+// mimalloc: small, frequent allocations on the gateway's request path (and
+// the node's) cost far less than with the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ragfleet",

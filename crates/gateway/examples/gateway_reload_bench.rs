@@ -14,9 +14,16 @@
 //!
 //!   gateway_reload_bench gateway CONFIG
 //!
-//! runs the gateway library alone with SIGHUP reloads, as `ragfleet gateway
-//! --config CONFIG` does (GATEWAY_ONLY=1 in the script: no CLI build needed).
+//! (or `gateway --config CONFIG`) runs the gateway library alone with SIGHUP
+//! reloads and the same runtime as `ragfleet gateway --config CONFIG`
+//! (GATEWAY_ONLY=1 in bench/gateway/*.sh: no release build of the CLI, whose
+//! model crates take far longer to compile than the gateway).
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+// The allocator `ragfleet` ships with (crates/cli/src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,7 +116,11 @@ fn run_gateway(path: &str) {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    let rt = b.enable_all().build().expect("runtime");
+    b.enable_all();
+    if cfg.listen.workers > 1 {
+        b.worker_threads(cfg.listen.workers);
+    }
+    let rt = b.build().expect("runtime");
     rt.block_on(async move {
         let gw = ragfleet_gateway::Gateway::bind(cfg).await.expect("bind");
         let h = gw.handle();
@@ -122,7 +133,13 @@ fn run_gateway(path: &str) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("gateway") {
-        return run_gateway(args.get(2).map(String::as_str).unwrap_or("gateway.toml"));
+        // `gateway CONFIG` or, as the CLI takes it, `gateway --config CONFIG`.
+        let rest: Vec<&str> = args[2..]
+            .iter()
+            .map(String::as_str)
+            .filter(|a| *a != "--config")
+            .collect();
+        return run_gateway(rest.first().copied().unwrap_or("gateway.toml"));
     }
     let addr = args
         .get(1)

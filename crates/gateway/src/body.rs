@@ -3,6 +3,7 @@
 //! between frames and an optional total deadline.
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -21,7 +22,90 @@ pub enum ReqBody {
     Empty,
     Full(Option<Bytes>),
     /// Streamed, within `listen.max_body_size`.
-    Stream(http_body_util::Limited<Incoming>),
+    Stream(SharedStream),
+}
+
+/// A streamed client body, within `listen.max_body_size`.
+pub type ClientStream = http_body_util::Limited<Incoming>;
+
+/// A streamed request body that stays with the proxy until the upstream
+/// connection first asks for a frame. An attempt that fails before that
+/// (connect refused, a 503 answered before reading the body) leaves it in
+/// the slot, untouched, and the next server can be sent the very same bytes;
+/// once an attempt has taken it, the body can go nowhere else.
+#[derive(Debug)]
+pub struct SharedStream {
+    slot: Arc<Mutex<Option<ClientStream>>>,
+    taken: Option<ClientStream>,
+    hint: SizeHint,
+}
+
+/// Where a streamed body waits between attempts; see [`SharedStream`].
+#[derive(Debug, Clone)]
+pub struct StreamSlot {
+    slot: Arc<Mutex<Option<ClientStream>>>,
+    hint: SizeHint,
+}
+
+impl StreamSlot {
+    pub fn new(body: ClientStream) -> Self {
+        let hint = body.size_hint();
+        StreamSlot {
+            slot: Arc::new(Mutex::new(Some(body))),
+            hint,
+        }
+    }
+
+    /// True while no attempt has read from the body.
+    pub fn untouched(&self) -> bool {
+        self.slot.lock().map(|s| s.is_some()).unwrap_or(false)
+    }
+
+    /// A body for the next attempt, if the body is still untouched.
+    pub fn attempt(&self) -> Option<SharedStream> {
+        self.untouched().then(|| SharedStream {
+            slot: self.slot.clone(),
+            taken: None,
+            hint: self.hint,
+        })
+    }
+}
+
+impl Body for SharedStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.taken.is_none() {
+            this.taken = this.slot.lock().ok().and_then(|mut s| s.take());
+            if this.taken.is_none() {
+                // Another attempt already took it (this one was given up).
+                return Poll::Ready(Some(Err("request body already sent elsewhere".into())));
+            }
+        }
+        match this.taken.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.taken {
+            Some(b) => b.is_end_stream(),
+            None => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.taken {
+            Some(b) => b.size_hint(),
+            None => self.hint,
+        }
+    }
 }
 
 impl Body for ReqBody {

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::access_log::ObsRef;
 use crate::balance::hash64;
-use crate::body::{ProxyBody, ReqBody, UpstreamBody};
+use crate::body::{ProxyBody, ReqBody, StreamSlot, UpstreamBody};
 use crate::config::{FailKind, HashKey, HostMode};
 use crate::pool::{InflightGuard, PickCtx, Pool};
 use crate::Shared;
@@ -124,9 +124,22 @@ fn hash_key(src: &HashKey, req: &Request<Incoming>) -> Option<u64> {
 fn request_id_of(h: &HeaderMap) -> HeaderValue {
     match h.get(&X_REQUEST_ID) {
         Some(v) if valid_request_id(v) => v.clone(),
-        _ => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+        _ => new_request_id(),
     }
+}
+
+/// A fresh request id: 32 hex digits, like nginx's `$request_id` — a random
+/// per-process prefix and a counter, so that no request pays for a system
+/// call to the random source (a UUIDv4 each would).
+fn new_request_id() -> HeaderValue {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let n = NEXT.fetch_add(1, Relaxed);
+    HeaderValue::from_str(&format!("{prefix:016x}{n:016x}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// Why an attempt failed before response headers arrived.
@@ -169,7 +182,9 @@ async fn handle_inner(
                     if let Some(obs) = req.extensions().get::<ObsRef>() {
                         obs.0.set_route(prefix, pool);
                     }
-                    proxy(&shared, pool, peer, req, request_id.clone()).await
+                    // Boxed: the request path's largest future stays behind one
+                    // pointer instead of being copied through every caller's state.
+                    Box::pin(proxy(&shared, pool, peer, req, request_id.clone())).await
                 }
                 None => {
                     let msg = format!("no route for {}", req.uri().path());
@@ -251,17 +266,19 @@ async fn proxy(
     headers.insert(X_REQUEST_ID.clone(), request_id);
 
     // The body: buffered (replayable) when small enough, streamed otherwise.
+    // A streamed body can still go to another server as long as no attempt
+    // has read from it (e.g. the first server refused the connection).
     let method = parts.method;
     let content_length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let (mut body_bytes, mut stream_body) = if incoming.is_end_stream() {
-        (Some(None), None)
+    let payload = if incoming.is_end_stream() {
+        Payload::Empty
     } else {
         match content_length {
             Some(n) if n <= cfg.retries.max_body_buffer => match incoming.collect().await {
-                Ok(c) => (Some(Some(c.to_bytes())), None),
+                Ok(c) => Payload::Buffered(c.to_bytes()),
                 Err(e) => {
                     return json_error(
                         StatusCode::BAD_REQUEST,
@@ -275,11 +292,15 @@ async fn proxy(
                     .ok()
                     .filter(|&m| m > 0)
                     .unwrap_or(usize::MAX);
-                (None, Some(http_body_util::Limited::new(incoming, max)))
+                Payload::Streamed(StreamSlot::new(http_body_util::Limited::new(incoming, max)))
             }
         }
     };
-    let replayable = body_bytes.is_some();
+    // Whether the body can (still) be sent to another server.
+    let replayable = || match &payload {
+        Payload::Empty | Payload::Buffered(_) => true,
+        Payload::Streamed(slot) => slot.untouched(),
+    };
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -322,10 +343,10 @@ async fn proxy(
                 return json_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
             }
         };
-        let body = match (&mut body_bytes, &mut stream_body) {
-            (Some(None), _) => ReqBody::Empty,
-            (Some(Some(b)), _) => ReqBody::Full(Some(b.clone())),
-            (None, s) => match s.take() {
+        let body = match &payload {
+            Payload::Empty => ReqBody::Empty,
+            Payload::Buffered(b) => ReqBody::Full(Some(b.clone())),
+            Payload::Streamed(slot) => match slot.attempt() {
                 Some(s) => ReqBody::Stream(s),
                 None => break,
             },
@@ -351,7 +372,7 @@ async fn proxy(
         let outcome = tokio::time::timeout(headers_deadline, pool.client.request(up)).await;
         let can_retry = |kind: FailKind| {
             attempt + 1 < tries
-                && replayable
+                && replayable()
                 && cfg.retries.on.contains(&kind)
                 && (idempotent(&method) || kind == FailKind::Connect || cfg.retries.non_idempotent)
         };
@@ -398,9 +419,9 @@ async fn proxy(
         if pool.counts_as_failure(kind) {
             server.record_failure(cfg.max_fails, cfg.fail_timeout.0);
         }
-        // A connect failure means the upstream never saw the request, so even a
-        // non-replayable streamed body is still untouched... but it was moved
-        // into the failed request; only buffered bodies can be sent again.
+        // A connect failure means the upstream never saw the request: even a
+        // streamed body is still untouched (see `StreamSlot`) and can be sent
+        // to the next server.
         let retry = can_retry(kind) && pool.budget.try_withdraw();
         tracing::debug!(server = %server.addr(), ?kind, retry, "upstream attempt failed");
         last_error = Some(err);
@@ -435,6 +456,15 @@ async fn proxy(
             &format!("upstream failed before responding: {m}"),
         ),
     }
+}
+
+/// The request body as the proxy holds it across attempts.
+enum Payload {
+    Empty,
+    /// Read whole (Content-Length up to `retries.max_body_buffer`).
+    Buffered(bytes::Bytes),
+    /// Passed through as it arrives; resendable until an attempt reads it.
+    Streamed(StreamSlot),
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -524,6 +554,21 @@ mod tests {
         assert!(!strip_hop_by_hop(&mut h));
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-end"));
+    }
+
+    #[test]
+    fn generated_request_ids_are_unique_hex() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            let s = id.to_str().unwrap();
+            assert_eq!(s.len(), 32, "{s}");
+            assert!(s.bytes().all(|c| c.is_ascii_hexdigit()), "{s}");
+            assert!(valid_request_id(id));
+        }
+        // One process: one random prefix, then a counter.
+        assert_eq!(a.to_str().unwrap()[..16], b.to_str().unwrap()[..16]);
     }
 
     #[test]
