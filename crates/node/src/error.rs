@@ -185,6 +185,14 @@ impl From<ragfleet_rag::RagError> for ApiError {
             E::NotFound(m) => Self::not_found(format!("not found: {m}")),
             E::Upstream(m) => Self::new(StatusCode::BAD_GATEWAY, "upstream", m),
             E::Cancelled => Self::new(StatusCode::SERVICE_UNAVAILABLE, "cancelled", "cancelled"),
+            // The store is down or restarting: the client (or the gateway) may
+            // try again shortly.
+            E::StorageUnavailable(m) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                format!("the store cannot be reached: {m}"),
+            )
+            .retry_after(1),
             other => Self::internal(other.to_string()),
         }
     }

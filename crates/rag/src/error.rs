@@ -23,6 +23,11 @@ pub enum RagError {
     Upstream(String),
     #[error("storage error: {0}")]
     Storage(String),
+    /// The store cannot be reached right now (connection refused or lost,
+    /// server restarting, pool exhausted, database busy): the same call may
+    /// succeed in a moment.
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
     #[error("index error: {0}")]
     Index(String),
     /// The operation was cancelled (e.g. the client went away).

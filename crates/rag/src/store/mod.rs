@@ -283,6 +283,42 @@ pub async fn open(cfg: &StoreConfig, data_dir: &Path) -> Result<Arc<dyn Store>> 
 }
 
 /// `url` with the password (if any) replaced by `***`, for messages and logs.
+/// Which database produced an error (their codes differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// Maps a database error: not reaching the database (refused or lost
+/// connection, server shutting down or restarting, pool exhausted, and in
+/// SQLite a lock another process holds past the busy timeout) is
+/// [`RagError::StorageUnavailable`]; everything else [`RagError::Storage`].
+pub(crate) fn classify_db_error(e: sqlx::Error, dialect: Dialect) -> RagError {
+    let unavailable = match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| match dialect {
+            // Class 08: connection exception; 57P01-57P03: admin shutdown,
+            // crash shutdown, cannot connect now; 53300: too many connections.
+            Dialect::Postgres => {
+                c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "53300")
+            }
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+            Dialect::Sqlite => c.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6)),
+        }),
+        _ => false,
+    };
+    if unavailable {
+        RagError::StorageUnavailable(e.to_string())
+    } else {
+        RagError::Storage(e.to_string())
+    }
+}
+
 pub fn redact_url(url: &str) -> String {
     let Some(start) = url.find("://").map(|i| i + 3) else {
         return url.to_string();
@@ -313,7 +349,27 @@ pub(crate) fn check_filter_key(key: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{classify_db_error, redact_url, Dialect};
+    use crate::RagError;
+
+    #[test]
+    fn unreachable_databases_are_unavailable_not_internal() {
+        let reset = || sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        for d in [Dialect::Postgres, Dialect::Sqlite] {
+            assert!(matches!(
+                classify_db_error(reset(), d),
+                RagError::StorageUnavailable(_)
+            ));
+            assert!(matches!(
+                classify_db_error(sqlx::Error::PoolTimedOut, d),
+                RagError::StorageUnavailable(_)
+            ));
+            assert!(matches!(
+                classify_db_error(sqlx::Error::RowNotFound, d),
+                RagError::Storage(_)
+            ));
+        }
+    }
 
     #[test]
     fn redacts_passwords_only() {

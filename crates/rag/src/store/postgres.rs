@@ -45,7 +45,7 @@ use crate::{RagError, Result};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 fn db_err(e: sqlx::Error) -> RagError {
-    RagError::Storage(e.to_string())
+    super::classify_db_error(e, super::Dialect::Postgres)
 }
 
 /// Pool settings of a [`PostgresStore`].

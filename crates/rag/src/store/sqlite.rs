@@ -33,7 +33,7 @@ use crate::{RagError, Result};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 fn db_err(e: sqlx::Error) -> RagError {
-    RagError::Storage(e.to_string())
+    super::classify_db_error(e, super::Dialect::Sqlite)
 }
 
 pub(super) fn json_err(e: serde_json::Error) -> RagError {
