@@ -4,7 +4,10 @@
 # one node SIGKILLed mid-run — first behind the ragfleet gateway (active
 # /ready checks every second + passive checks, p2c, retries before the first
 # byte), then behind nginx with passive checks only (max_fails /
-# fail_timeout, proxy_next_upstream), on the same nodes. Prints, per proxy:
+# fail_timeout, proxy_next_upstream), on the same nodes. Both repeat a chat
+# (POST) on another node when the first failed before answering
+# (`retries.non_idempotent`, `proxy_next_upstream ... non_idempotent`):
+# the nodes are interchangeable and the answer is not yet sent. Prints, per proxy:
 # requests, failures, p50/p99, p99 in the 5 s after the kill, the time from
 # the kill to the proxy marking the node down (from its log) and to the last
 # failed request.
@@ -94,6 +97,8 @@ interval = "1s"
 timeout = "1s"
 rise = 1
 fall = 1
+[pool.nodes.retries]
+non_idempotent = true
 [pool.nodes.timeouts]
 connect = "1s"
 CONF
@@ -117,7 +122,7 @@ $upstreams    keepalive 64;
       proxy_set_header Connection "";
       proxy_buffering off;
       proxy_connect_timeout 1s;
-      proxy_next_upstream error timeout http_502 http_503;
+      proxy_next_upstream error timeout http_502 http_503 non_idempotent;
     }
   }
 }

@@ -59,7 +59,8 @@ pub struct Args {
     /// Redis URL: conversation memory and resumable streams across nodes.
     #[arg(long)]
     pub redis_url: Option<String>,
-    /// etcd client URL(s): the nodes register there (repeat or comma-separate).
+    /// etcd client URL(s): the nodes register there (repeat or comma-separate)
+    /// and the gateway finds them there instead of a static list.
     #[arg(long, value_delimiter = ',')]
     pub etcd: Vec<String>,
     /// First node port (the nodes take consecutive ports); default: free ports.
@@ -168,12 +169,33 @@ fn tail(path: &Path, lines: usize) -> String {
 
 /// The gateway's configuration: every node in one p2c pool behind `/`,
 /// checked actively on `/ready` (a draining or catching-up node leaves the
-/// rotation within a second) and passively.
-pub fn gateway_toml(listen: SocketAddr, nodes: &[SocketAddr], stop_timeout: u64) -> String {
-    let servers: Vec<String> = nodes
-        .iter()
-        .map(|a| format!("  {{ addr = \"{a}\" }},"))
-        .collect();
+/// rotation within a second) and passively. With etcd the pool has no
+/// static list: it follows the nodes' registrations under the default
+/// prefix (`/ragfleet/nodes/`), so a node that drains leaves it at once.
+pub fn gateway_toml(
+    listen: SocketAddr,
+    nodes: &[SocketAddr],
+    stop_timeout: u64,
+    etcd: &[String],
+) -> String {
+    let servers: Vec<String> = if etcd.is_empty() {
+        nodes
+            .iter()
+            .map(|a| format!("  {{ addr = \"{a}\" }},"))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let discovery = if etcd.is_empty() {
+        String::new()
+    } else {
+        let endpoints: Vec<String> = etcd.iter().map(|u| format!("{u:?}")).collect();
+        format!(
+            "\n# The nodes register in etcd (lease + keep-alive) once ready.\n\
+             [pool.nodes.discovery.etcd]\nendpoints = [{}]\nprefix = \"/ragfleet/nodes/\"\n",
+            endpoints.join(", ")
+        )
+    };
     format!(
         r#"# Written by `ragfleet up`; regenerated at every start.
 [listen]
@@ -191,7 +213,7 @@ fail_timeout = "3s"
 servers = [
 {servers}
 ]
-
+{discovery}
 [pool.nodes.health]
 path = "/ready"
 interval = "1s"
@@ -316,7 +338,7 @@ async fn up(args: Args) -> anyhow::Result<()> {
     let gw_path = data.join("gateway.toml");
     std::fs::write(
         &gw_path,
-        gateway_toml(args.listen, &node_addrs, args.stop_timeout),
+        gateway_toml(args.listen, &node_addrs, args.stop_timeout, &args.etcd),
     )
     .with_context(|| format!("writing {}", gw_path.display()))?;
     ragfleet_gateway::config::Config::load(&gw_path)
@@ -533,7 +555,7 @@ mod tests {
         ];
         std::fs::write(
             &p,
-            gateway_toml("127.0.0.1:8080".parse().unwrap(), &nodes, 30),
+            gateway_toml("127.0.0.1:8080".parse().unwrap(), &nodes, 30, &[]),
         )
         .unwrap();
         let cfg = ragfleet_gateway::config::Config::load(&p).unwrap();
@@ -541,5 +563,23 @@ mod tests {
         assert_eq!(pool.servers.len(), 2);
         assert_eq!(pool.servers[1].addr, "127.0.0.1:9002");
         assert_eq!(pool.health.as_ref().unwrap().path, "/ready");
+        assert!(pool.discovery.etcd.is_none());
+
+        // With etcd: no static list, the nodes' prefix watched instead.
+        let etcd = vec![
+            "http://127.0.0.1:2379".to_string(),
+            "http://10.0.0.2:2379".into(),
+        ];
+        std::fs::write(
+            &p,
+            gateway_toml("127.0.0.1:8080".parse().unwrap(), &nodes, 30, &etcd),
+        )
+        .unwrap();
+        let cfg = ragfleet_gateway::config::Config::load(&p).unwrap();
+        let pool = &cfg.pools["nodes"];
+        assert!(pool.servers.is_empty());
+        let e = pool.discovery.etcd.as_ref().unwrap();
+        assert_eq!(e.endpoints, etcd);
+        assert_eq!(e.prefix, "/ragfleet/nodes/");
     }
 }

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+#[path = "../../rag/tests/store_support/private_pg.rs"]
+mod private_pg;
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -844,6 +847,234 @@ fn killing_a_node_under_load_costs_nothing() {
     });
 }
 
+/// What one load worker saw.
+#[derive(Default, Debug)]
+struct PgLoad {
+    /// Documents whose ingestion was acknowledged (201).
+    acked_docs: Vec<String>,
+    /// Chats acknowledged (200): (conversation, question).
+    acked_chats: Vec<(String, String)>,
+    ok: u64,
+    /// Failures that were a prompt JSON 503 (the store unreachable, or no
+    /// node ready while the database was down).
+    unavailable: u64,
+    /// Anything else: other statuses, broken or timed-out requests.
+    bad: Vec<String>,
+}
+
+/// Three node processes on a PostgreSQL store behind the gateway, under a
+/// steady load of ingests, chats and searches, while PostgreSQL is killed
+/// (immediate shutdown: no checkpoint) and started again. Requests that need
+/// the database while it is down fail promptly with a JSON 503 (never a
+/// hang, never a 500); the nodes reconnect by themselves; every acknowledged
+/// document is found on every node and every acknowledged chat turn is in
+/// its conversation.
+#[test]
+fn postgres_restart_under_load_behind_the_gateway_loses_nothing_acknowledged() {
+    let _g = serial();
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = private_pg::PrivatePostgres::start();
+        let store = pg.url();
+        let http = client();
+        let extra = ["--generator", "extractive"];
+        let mut nodes = Vec::new();
+        for id in ["pgr-1", "pgr-2", "pgr-3"] {
+            let n = NodeProc::spawn(dir.path(), id, &store, &extra);
+            wait_ready(&http, &n.base(), id, || n.proc.logs()).await;
+            nodes.push(n);
+        }
+        let gw_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let gw_cfg = dir.path().join("gateway.toml");
+        let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+        std::fs::write(&gw_cfg, gateway_toml(gw_addr, &addrs)).unwrap();
+        let gw = Proc::spawn(
+            "gateway",
+            BIN,
+            vec!["gateway".into(), "--config".into(), gw_cfg.display().to_string()],
+            dir.path().join("gateway.log"),
+        );
+        let gw_base = format!("http://{gw_addr}");
+        wait_ready(&http, &gw_base, "gateway", || gw.logs()).await;
+        let (s, v) = post(
+            &http,
+            &format!("{gw_base}/api/v1/documents"),
+            &json!({"id": "zorblax", "title": "Zorblax reactor", "text": DOC}),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+
+        // Load: one ingester, one chatter (one conversation, continued), one searcher.
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let mut workers = Vec::new();
+        for w in 0..3u32 {
+            let stop = stop.clone();
+            let base = gw_base.clone();
+            workers.push(tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(40))
+                    .build()
+                    .unwrap();
+                let mut st = PgLoad::default();
+                let mut conv: Option<String> = None;
+                let mut i = 0u32;
+                while !*stop.borrow() {
+                    i += 1;
+                    let (req, doc, question) = match w {
+                        0 => {
+                            let id = format!("pgr-doc-{i}");
+                            let body = json!({"id": id, "title": format!("Load {i}"),
+                                "text": format!("Load document {i} carries the marker pgrmark{i}x.")});
+                            (http.post(format!("{base}/api/v1/documents")).json(&body), Some(id), None)
+                        }
+                        1 => {
+                            let q = format!("Question {i}: what does the zorblax reactor run on?");
+                            let mut body = json!({"message": q});
+                            if let Some(c) = &conv {
+                                body["conversation_id"] = json!(c);
+                            }
+                            (http.post(format!("{base}/api/v1/chat")).json(&body), None, Some(q))
+                        }
+                        _ => (
+                            http.get(format!("{base}/api/v1/search?query=zorblax%20reactor&top_k=3")),
+                            None,
+                            None,
+                        ),
+                    };
+                    let started = Instant::now();
+                    match req.send().await {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let text = r.text().await.unwrap_or_default();
+                            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                            match status {
+                                200 | 201 => {
+                                    st.ok += 1;
+                                    if let Some(id) = doc {
+                                        st.acked_docs.push(id);
+                                    }
+                                    if let Some(q) = question {
+                                        let c = v["conversation_id"].as_str().unwrap_or_default();
+                                        conv = Some(c.to_string());
+                                        st.acked_chats.push((c.to_string(), q));
+                                    }
+                                }
+                                503 if v["error"]["code"].is_string() => st.unavailable += 1,
+                                _ => st.bad.push(format!("{status} after {:?}: {text}", started.elapsed())),
+                            }
+                        }
+                        Err(e) => st.bad.push(format!("request after {:?}: {e}", started.elapsed())),
+                    }
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+                st
+            }));
+        }
+        // Some acknowledged work before the restart. The outage outlasts the
+        // nodes' store connect timeout (5 s), so requests do fail meanwhile.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        pg.stop_immediate();
+        let down_at = Instant::now();
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        pg.start_again();
+        let up_at = Instant::now();
+        eprintln!("PostgreSQL was down for {:?}", up_at - down_at);
+
+        // Recovery: every node ready again, and an ingest through the gateway works.
+        for n in &nodes {
+            wait_ready(&http, &n.base(), &n.id, || n.proc.logs()).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (s, _) = post(
+                &http,
+                &format!("{gw_base}/api/v1/documents"),
+                &json!({"id": "after", "title": "After", "text": "Written after the restart: marker pgrafterx."}),
+            )
+            .await;
+            if s == 201 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "ingest never recovered\n{}", gw.logs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("recovered {:?} after PostgreSQL came back", up_at.elapsed());
+        // Keep the load on a little longer after the recovery.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let _ = stop_tx.send(true);
+        let mut all = PgLoad::default();
+        for w in workers {
+            let st = w.await.unwrap();
+            all.ok += st.ok;
+            all.unavailable += st.unavailable;
+            all.bad.extend(st.bad);
+            all.acked_docs.extend(st.acked_docs);
+            all.acked_chats.extend(st.acked_chats);
+        }
+        eprintln!(
+            "{} ok, {} prompt 503s while the database was down, {} acknowledged ingests, {} chats",
+            all.ok,
+            all.unavailable,
+            all.acked_docs.len(),
+            all.acked_chats.len()
+        );
+        assert!(
+            all.bad.is_empty(),
+            "requests failed other than with a prompt 503: {:?}\n{}",
+            &all.bad[..all.bad.len().min(5)],
+            gw.logs()
+        );
+        assert!(all.unavailable > 0, "the restart was not felt: is PostgreSQL really stopped?");
+        assert!(all.acked_docs.len() >= 10, "too little load: {:?}", all.acked_docs.len());
+        assert!(all.acked_chats.len() >= 5, "too few chats: {}", all.acked_chats.len());
+
+        // Nothing acknowledged is lost: every document on every node's
+        // indexes (and in the store), every chat turn in its conversation.
+        all.acked_docs.push("after".into());
+        for n in &nodes {
+            for id in &all.acked_docs {
+                let (s, v) = get(&http, &n.url(&format!("/api/v1/documents/{id}"))).await;
+                assert_eq!(s, 200, "{id} lost (node {}): {v}", n.id);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            for id in &all.acked_docs {
+                let marker = match id.strip_prefix("pgr-doc-") {
+                    Some(i) => format!("pgrmark{i}x"),
+                    None => "pgrafterx".to_string(),
+                };
+                loop {
+                    let (_, v) = get(&http, &n.url(&format!("/api/v1/search?query={marker}&mode=lexical"))).await;
+                    if v["hits"].as_array().is_some_and(|h| h.iter().any(|h| h["doc_id"] == id.as_str())) {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "{id} not searchable on {}: {v}", n.id);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let mut by_conv: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (c, q) in &all.acked_chats {
+            by_conv.entry(c.clone()).or_default().push(q.clone());
+        }
+        for (c, questions) in &by_conv {
+            let (s, v) = get(&http, &format!("{gw_base}/api/v1/conversations/{c}")).await;
+            assert_eq!(s, 200, "conversation {c}: {v}");
+            let users: Vec<&str> = v["turns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["role"] == "user")
+                .filter_map(|t| t["content"].as_str())
+                .collect();
+            for q in questions {
+                assert!(users.contains(&q.as_str()), "acknowledged turn {q:?} lost from {c}");
+            }
+        }
+        drop(gw);
+        drop(nodes);
+    });
+}
+
 /// A node registers in etcd once ready, registers again when its lease is
 /// revoked behind its back, and on SIGTERM leaves etcd at once, turns
 /// `/ready` to 503, finishes its in-flight answer and exits 0.
@@ -997,6 +1228,148 @@ impl Drop for UpGuard {
     }
 }
 
+/// A running `ragfleet up`: the process, what it printed on stdout up to
+/// "Ctrl-C stops everything", and its stderr (collected as it comes).
+fn spawn_up(
+    dir: &Path,
+    port: u16,
+    extra: &[&str],
+) -> (UpGuard, Vec<String>, std::sync::Arc<Mutex<String>>) {
+    let child = Command::new(BIN)
+        .args(["up", "--nodes", "2", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data")
+        .arg(dir.join("data"))
+        .arg("--models")
+        .arg(models())
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = UpGuard(child);
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let stderr = child.stderr.take().unwrap();
+    let err_log = std::sync::Arc::new(Mutex::new(String::new()));
+    let el = err_log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            el.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !out
+        .iter()
+        .any(|l: &String| l.contains("Ctrl-C stops everything"))
+    {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => out.push(l),
+            Err(_) => {
+                if let Ok(Some(s)) = child.try_wait() {
+                    panic!("up exited {s}: {}", err_log.lock().unwrap());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "up never became ready: {}",
+                    err_log.lock().unwrap()
+                );
+            }
+        }
+    }
+    (child, out, err_log)
+}
+
+/// Sends SIGINT to `up` and waits for it to exit.
+fn stop_up(child: &mut UpGuard, err_log: &Mutex<String>) -> ExitStatus {
+    // SAFETY: kill(2) on our own, not yet reaped, child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "up did not stop: {}",
+            err_log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// With `--etcd`, the nodes register in etcd and the gateway finds them
+/// there (its pool has no static list): traffic reaches both nodes, and
+/// Ctrl-C leaves etcd empty.
+#[test]
+fn ragfleet_up_with_etcd_routes_to_the_registered_nodes() {
+    let _g = serial();
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = Etcd::start(dir.path()).await;
+        let port = free_port();
+        let (mut child, _out, err_log) = spawn_up(
+            dir.path(),
+            port,
+            &["--etcd", &etcd.url, "--generator", "extractive"],
+        );
+        let gw_toml = std::fs::read_to_string(dir.path().join("data/gateway.toml")).unwrap();
+        assert!(gw_toml.contains("[pool.nodes.discovery.etcd]"), "{gw_toml}");
+        assert!(!gw_toml.contains("{ addr ="), "a static list: {gw_toml}");
+        for id in ["node-1", "node-2"] {
+            let (v, lease) = etcd
+                .get(&format!("/ragfleet/nodes/{id}"))
+                .await
+                .unwrap_or_else(|| panic!("{id} not registered"));
+            assert!(v["addr"].is_string(), "{v}");
+            assert_ne!(lease, 0);
+        }
+        // Both nodes answer through the gateway.
+        let http = client();
+        let gw = format!("http://127.0.0.1:{port}");
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.len() < 2 {
+            let r = http
+                .get(format!("{gw}/api/v1/search?query=zorblax"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            if let Some(n) = r.headers().get("x-ragfleet-node") {
+                seen.insert(n.to_str().unwrap().to_string());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {seen:?} answered through the gateway: {}",
+                err_log.lock().unwrap()
+            );
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["node-1", "node-2"]);
+
+        let status = stop_up(&mut child, &err_log);
+        assert!(
+            status.success(),
+            "up exited {status}: {}",
+            err_log.lock().unwrap()
+        );
+        for id in ["node-1", "node-2"] {
+            assert!(
+                etcd.get(&format!("/ragfleet/nodes/{id}")).await.is_none(),
+                "{id} still registered after Ctrl-C"
+            );
+        }
+    });
+}
+
 /// `ragfleet up` starts a gateway and nodes, serves a search through the
 /// gateway, and stops everything on SIGINT.
 #[test]
@@ -1005,53 +1378,7 @@ fn ragfleet_up_serves_and_stops_on_sigint() {
     rt().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let child = Command::new(BIN)
-            .args(["up", "--nodes", "2", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data")
-            .arg(dir.path().join("data"))
-            .arg("--models")
-            .arg(models())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut child = UpGuard(child);
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let stderr = child.stderr.take().unwrap();
-        let err_log = std::sync::Arc::new(Mutex::new(String::new()));
-        let el = err_log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                el.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(240);
-        while !out
-            .iter()
-            .any(|l: &String| l.contains("Ctrl-C stops everything"))
-        {
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(l) => out.push(l),
-                Err(_) => {
-                    if let Ok(Some(s)) = child.try_wait() {
-                        panic!("up exited {s}: {}", err_log.lock().unwrap());
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "up never became ready: {}",
-                        err_log.lock().unwrap()
-                    );
-                }
-            }
-        }
+        let (mut child, out, err_log) = spawn_up(dir.path(), port, &[]);
         let text = out.join("\n");
         let gw = format!("http://127.0.0.1:{port}");
         assert!(text.contains(&format!("{gw}/api/v1")), "{text}");
@@ -1144,18 +1471,7 @@ fn ragfleet_up_serves_and_stops_on_sigint() {
         assert!(log.contains("node-2 restarted"), "{log}");
 
         // SIGINT: everything stops, exit 0.
-        // SAFETY: our child.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGINT);
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "up did not stop on SIGINT");
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let status = stop_up(&mut child, &err_log);
         assert!(
             status.success(),
             "up exited {status}: {}",
