@@ -219,7 +219,10 @@ async fn p2c_avoids_the_slow_server() {
     let fast1 = Upstream::start("f").await;
     let fast2 = Upstream::start("g").await;
     let slow = Upstream::start("s").await;
-    slow.state.delay_ms.store(300, SeqCst);
+    // 1 s: peak-EWMA keeps a server's worst recent latency for a while, so
+    // on a machine loaded enough for a fast server to stall a few hundred
+    // ms once, a merely slowish server would look as good as it.
+    slow.state.delay_ms.store(1000, SeqCst);
     let gw = TestGateway::start(&pool_config(
         &[(&fast1, 1, false), (&fast2, 1, false), (&slow, 1, false)],
         "p2c",
