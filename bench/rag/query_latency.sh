@@ -2,7 +2,7 @@
 # Query latency p50/p99 per retrieval mode (lexical, vector, hybrid) at 10k and
 # 100k chunks, query embedding excluded. Prints a Markdown table.
 #   RAG_BENCH_SIZES=10000,100000 (default)  RAGFLEET_MODELS=<dir with all-minilm-l6-v2>
-#   RAGFLEET_DATA=<dir with squad-beir/> (default ../shared/data)
+#   RAGFLEET_EVAL_DATA=<dir with squad-beir/> (default ../shared/data)
 #   BENCH_PROFILE=release (default: thin LTO, a full rebuild of the
 #   dependencies) or dev: the test build's profile with our own crates at
 #   opt-level 3 too (dependencies are opt-level 3 in dev already), so only the

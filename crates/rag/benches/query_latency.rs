@@ -137,7 +137,7 @@ fn main() {
     let models = std::env::var_os("RAGFLEET_MODELS")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("models"));
-    let data = std::env::var_os("RAGFLEET_DATA")
+    let data = std::env::var_os("RAGFLEET_EVAL_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("../shared/data"));
     let sizes: Vec<usize> = std::env::var("RAG_BENCH_SIZES")
