@@ -53,8 +53,11 @@ def bench_ragfleet(texts, batch):
     # BENCH_PROFILE=dev reuses the test build (dependencies are opt-level 3
     # there too, see the workspace Cargo.toml); release adds thin LTO.
     profile = env.get("BENCH_PROFILE", "release")
+    # --workspace (only ragfleet-models has this example): the workspace's
+    # feature resolution, i.e. the dependencies the ragfleet binary really
+    # runs with, and no rebuild of them after a workspace build.
     subprocess.run(
-        ["cargo", "build", "-q", "--profile", profile, "-p", "ragfleet-models", "--example", "embed_bench"],
+        ["cargo", "build", "-q", "--profile", profile, "--workspace", "--example", "embed_bench"],
         cwd=ROOT, check=True, env=env,
     )
     target = env.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
