@@ -56,8 +56,10 @@ def bench_ragfleet(texts, batch):
     # --workspace (only ragfleet-models has this example): the workspace's
     # feature resolution, i.e. the dependencies the ragfleet binary really
     # runs with, and no rebuild of them after a workspace build.
+    # BENCH_FEATURES, e.g. ragfleet-models/avx512-matmul (see its Cargo.toml).
+    features = ["--features", env["BENCH_FEATURES"]] if env.get("BENCH_FEATURES") else []
     subprocess.run(
-        ["cargo", "build", "-q", "--profile", profile, "--workspace", "--example", "embed_bench"],
+        ["cargo", "build", "-q", "--profile", profile, "--workspace", "--example", "embed_bench"] + features,
         cwd=ROOT, check=True, env=env,
     )
     target = env.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
