@@ -53,8 +53,13 @@ def bench_ragfleet(texts, batch):
     # BENCH_PROFILE=dev reuses the test build (dependencies are opt-level 3
     # there too, see the workspace Cargo.toml); release adds thin LTO.
     profile = env.get("BENCH_PROFILE", "release")
+    # --workspace (only ragfleet-models has this example): the workspace's
+    # feature resolution, i.e. the dependencies the ragfleet binary really
+    # runs with, and no rebuild of them after a workspace build.
+    # BENCH_FEATURES, e.g. ragfleet-models/avx512-matmul (see its Cargo.toml).
+    features = ["--features", env["BENCH_FEATURES"]] if env.get("BENCH_FEATURES") else []
     subprocess.run(
-        ["cargo", "build", "-q", "--profile", profile, "-p", "ragfleet-models", "--example", "embed_bench"],
+        ["cargo", "build", "-q", "--profile", profile, "--workspace", "--example", "embed_bench"] + features,
         cwd=ROOT, check=True, env=env,
     )
     target = env.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))

@@ -8,7 +8,9 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 models="${RAGFLEET_MODELS:-$root/models}"
 profile="${BENCH_PROFILE:-release}"
 cd "$root"
-cargo build -q --profile "$profile" -p ragfleet-models --example llama_bench
+# --workspace: the workspace feature resolution (what the ragfleet binary runs).
+# BENCH_FEATURES, e.g. ragfleet-models/avx512-matmul (see its Cargo.toml).
+cargo build -q --profile "$profile" --workspace --example llama_bench ${BENCH_FEATURES:+--features "$BENCH_FEATURES"}
 dir="$([ "$profile" = dev ] && echo debug || echo "$profile")"
 exe="${CARGO_TARGET_DIR:-$root/target}/$dir/examples/llama_bench"
 echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"

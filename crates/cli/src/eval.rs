@@ -58,6 +58,10 @@ struct Common {
     /// Weight of the vector list in hybrid fusion (default: the engine's).
     #[arg(long)]
     vector_weight: Option<f32>,
+    /// Print the results as one JSON object on stdout instead of a table
+    /// (progress and the dataset summary go to stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -134,16 +138,26 @@ struct WorkDir {
 }
 
 impl WorkDir {
-    fn new(given: Option<PathBuf>) -> Self {
+    fn new(given: Option<PathBuf>) -> anyhow::Result<Self> {
         match given {
-            Some(path) => Self {
+            Some(path) => Ok(Self {
                 path,
                 remove: false,
-            },
-            None => Self {
-                path: std::env::temp_dir().join(format!("ragfleet-eval-{}", std::process::id())),
-                remove: true,
-            },
+            }),
+            None => {
+                // A fresh, empty directory. Named by pid *and* time: an
+                // interrupted run (no Drop) leaves its directory behind, and
+                // pids are reused, so a pid-only name could make a later run
+                // silently reuse another dataset's index.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let path = std::env::temp_dir()
+                    .join(format!("ragfleet-eval-{}-{nanos}", std::process::id()));
+                std::fs::create_dir(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                Ok(Self { path, remove: true })
+            }
         }
     }
 }
@@ -239,14 +253,19 @@ async fn retrieval(a: RetrievalArgs) -> anyhow::Result<()> {
         .iter()
         .filter_map(|q| ds.qrels.get(&q.id).map(|j| (q.id.clone(), j.clone())))
         .collect();
-    println!(
+    let summary = format!(
         "dataset {}: {} documents, {} queries evaluated",
         a.data.display(),
         ds.corpus.len(),
         queries.len()
     );
+    if a.common.json {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
 
-    let work = WorkDir::new(a.common.work.clone());
+    let work = WorkDir::new(a.common.work.clone())?;
     let generators = Generators::single("extractive", Arc::new(ExtractiveGenerator::new()));
     let engine = open_engine(&a.common, &work.path, generators).await?;
     if engine.stats().documents == 0 {
@@ -283,7 +302,31 @@ async fn retrieval(a: RetrievalArgs) -> anyhow::Result<()> {
             queries.len() as f64 / secs,
         ));
     }
-    print_table(&rows);
+    if a.common.json {
+        let modes: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(mode, s, qps)| {
+                serde_json::json!({
+                    "mode": mode,
+                    "ndcg_at_10": s.ndcg_at_10,
+                    "recall_at_10": s.recall_at_10,
+                    "recall_at_100": s.recall_at_100,
+                    "mrr_at_10": s.mrr_at_10,
+                    "queries": s.queries,
+                    "queries_per_s": qps,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "dataset": a.data,
+            "documents": ds.corpus.len(),
+            "queries": queries.len(),
+            "modes": modes,
+        });
+        println!("{out}");
+    } else {
+        print_table(&rows);
+    }
     Ok(())
 }
 
@@ -366,14 +409,14 @@ async fn answers(a: AnswersArgs) -> anyhow::Result<()> {
         }
         other => bail!("--generator must be `local` or `extractive`, not {other:?}"),
     };
-    let work = WorkDir::new(a.common.work.clone());
+    let work = WorkDir::new(a.common.work.clone())?;
     let engine = open_engine(
         &a.common,
         &work.path,
         Generators::single(a.generator.clone(), generator),
     )
     .await?;
-    println!(
+    let summary = format!(
         "SQuAD {}: {} questions sampled (seed {}), {} paragraphs indexed, generator {}",
         a.squad.display(),
         n,
@@ -381,6 +424,11 @@ async fn answers(a: AnswersArgs) -> anyhow::Result<()> {
         paragraphs.len(),
         a.generator
     );
+    if a.common.json {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
     if engine.stats().documents == 0 {
         ingest_all(&engine, paragraphs.into_values().collect()).await?;
     }
@@ -407,13 +455,35 @@ async fn answers(a: AnswersArgs) -> anyhow::Result<()> {
                 _ => {}
             }
         }
-        let answer = answer.unwrap_or_default();
+        // A stream that ends without `Done` lost its answer: scoring it as
+        // an empty answer would quietly lower the numbers.
+        let Some(answer) = answer else {
+            bail!(
+                "question {}: the answer stream ended without a result",
+                q.id
+            );
+        };
         preds.push((strip_citations(&answer), q.answers.as_slice()));
         eprint!("\ranswered {}/{}", i + 1, n);
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!();
     let scores = AnswerScores::from_pairs(preds.iter().map(|(p, g)| (p.as_str(), *g)));
+    if a.common.json {
+        let out = serde_json::json!({
+            "squad": a.squad,
+            "generator": a.generator,
+            "mode": a.mode,
+            "top_k": a.top_k,
+            "seed": a.seed,
+            "questions": scores.questions,
+            "exact_match": scores.exact_match,
+            "f1": scores.f1,
+            "seconds_per_question": secs / n as f64,
+        });
+        println!("{out}");
+        return Ok(());
+    }
     println!(
         "\n| generator  | questions | EM     | F1     | s/question |\n|------------|-----------|--------|--------|------------|\n| {:<10} | {:>9} | {:>6.2} | {:>6.2} | {:>10.2} |",
         a.generator,

@@ -1,7 +1,7 @@
 //! Query latency per retrieval mode at 10k and 100k chunks, the query
 //! embedding left out (it is the embedder's cost, benchmarked in
-//! bench/models). Run: `bench/rag/query_latency.sh` (or
-//! `cargo bench -p ragfleet-rag --bench query_latency`).
+//! bench/models). Run: `bench/rag/query_latency.sh` (see bench/rag/README.md
+//! for the profiles; `RAG_BENCH_SIZES=10000` for a quick run).
 //!
 //! Corpus: sentences of the SQuAD paragraphs in ../shared/data/squad-beir,
 //! embedded once with the real all-MiniLM-L6-v2. To reach 100k chunks each
@@ -73,6 +73,61 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The real embeddings of `texts`, cached in the target directory (keyed by
+/// model and texts): embedding 10k sentences takes minutes on 2 cores and is
+/// not what this benchmark measures.
+fn embed_cached(real: &BertEmbedder, texts: &[String]) -> Vec<Vec<f32>> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(real.id().as_bytes());
+    for t in texts {
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t.as_bytes());
+    }
+    let dim = real.dim();
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "query_latency-{}.f32",
+        &hex::encode(h.finalize())[..16]
+    ));
+    if let Ok(bytes) = std::fs::read(&path) {
+        if bytes.len() == texts.len() * dim * 4 {
+            eprintln!("{} sentence vectors from {}", texts.len(), path.display());
+            let flat: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            return flat.chunks(dim).map(<[f32]>::to_vec).collect();
+        }
+    }
+    let t = Instant::now();
+    let mut vecs = Vec::with_capacity(texts.len());
+    for batch in texts.chunks(256) {
+        let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+        vecs.extend(real.embed(&refs).expect("embed"));
+    }
+    eprintln!(
+        "embedded {} sentences in {:.1}s",
+        texts.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let bytes: Vec<u8> = vecs
+        .iter()
+        .flatten()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    if let Err(e) = std::fs::write(&path, bytes) {
+        eprintln!("not caching the vectors in {}: {e}", path.display());
+    }
+    vecs
+}
+
+/// The 1/5/15-minute load averages, to print beside the numbers.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
@@ -82,7 +137,7 @@ fn main() {
     let models = std::env::var_os("RAGFLEET_MODELS")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("models"));
-    let data = std::env::var_os("RAGFLEET_DATA")
+    let data = std::env::var_os("RAGFLEET_EVAL_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("../shared/data"));
     let sizes: Vec<usize> = std::env::var("RAG_BENCH_SIZES")
@@ -99,28 +154,21 @@ fn main() {
         let v: serde_json::Value = serde_json::from_str(line).expect("json");
         let title = v["title"].as_str().unwrap_or("").to_string();
         for s in v["text"].as_str().unwrap_or("").split(". ") {
-            if s.split_whitespace().count() >= 4 {
-                sentences.push((title.clone(), s.trim().to_string()));
+            let s = s.trim();
+            // Well under one chunk (200 tokens): the engine embeds exactly
+            // the texts looked up below.
+            if s.split_whitespace().count() >= 4 && real.count_tokens(s) <= 150 {
+                sentences.push((title.clone(), s.to_string()));
             }
         }
     }
     let base_n = sentences.len().min(*sizes.iter().min().unwrap_or(&10_000));
     sentences.truncate(base_n);
-    let t = Instant::now();
     let texts: Vec<String> = sentences
         .iter()
         .map(|(ti, te)| format!("{ti}\n{te}"))
         .collect();
-    let mut base_vecs = Vec::with_capacity(texts.len());
-    for batch in texts.chunks(256) {
-        let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
-        base_vecs.extend(real.embed(&refs).expect("embed"));
-    }
-    eprintln!(
-        "embedded {} sentences in {:.1}s",
-        texts.len(),
-        t.elapsed().as_secs_f64()
-    );
+    let base_vecs = embed_cached(&real, &texts);
 
     let queries_text =
         std::fs::read_to_string(data.join("squad-beir/queries.jsonl")).expect("queries");
@@ -142,6 +190,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    println!(
+        "load average before the runs: {} ({} CPUs)",
+        loadavg(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!("| chunks | mode | p50 ms | p99 ms | mean ms | p50 vs 10 ms target |");
     println!("| --- | --- | --- | --- | --- | --- |");
     for &n in &sizes {
@@ -201,6 +254,7 @@ fn main() {
             "{n} chunks ingested in {ingest_s:.1}s ({:.0} chunks/s, embedding excluded)",
             n as f64 / ingest_s
         );
+        let load_before = loadavg();
         let mut p50s = HashMap::new();
         for mode in [
             RetrievalMode::Lexical,
@@ -240,10 +294,15 @@ fn main() {
             );
         }
         eprintln!(
+            "{n}: load average before / after the queries: {load_before} / {}",
+            loadavg()
+        );
+        eprintln!(
             "{n}: hybrid p50 / (lexical p50 + vector p50) = {:.2}",
             p50s[&RetrievalMode::Hybrid]
                 / (p50s[&RetrievalMode::Lexical] + p50s[&RetrievalMode::Vector])
         );
         drop(engine);
     }
+    println!("load average after the runs: {}", loadavg());
 }
