@@ -156,6 +156,44 @@ pub struct UpstreamBody {
     idle_sleep: Option<Pin<Box<Sleep>>>,
     total: Option<(Duration, Pin<Box<Sleep>>)>,
     _guard: Option<InflightGuard>,
+    /// Server-Sent Events without a Content-Length: a stream cut by the
+    /// upstream ends with an `error` event instead of a broken connection.
+    sse: Option<SseTail>,
+    done: bool,
+}
+
+/// Whether the bytes passed on so far end at an SSE event boundary (a blank
+/// line): only there can an `error` event be appended without tearing one.
+#[derive(Debug, Clone, Copy)]
+struct SseTail {
+    /// The last four bytes passed on (zeros before any).
+    last: [u8; 4],
+    any: bool,
+}
+
+impl SseTail {
+    fn push(&mut self, data: &[u8]) {
+        for &b in data.iter().rev().take(4).rev() {
+            self.last = [self.last[1], self.last[2], self.last[3], b];
+        }
+        self.any |= !data.is_empty();
+    }
+    fn at_boundary(&self) -> bool {
+        !self.any
+            || self.last.ends_with(b"\n\n")
+            || self.last.ends_with(b"\r\r")
+            || self.last == *b"\r\n\r\n"
+    }
+}
+
+/// The event a cut SSE stream ends with: the same shape as the nodes'
+/// own `error` events (`data: {"code", "message"}`).
+fn sse_error_event(reason: &str) -> Bytes {
+    let data = serde_json::json!({
+        "code": "upstream_lost",
+        "message": format!("the upstream stream was cut: {reason}"),
+    });
+    Bytes::from(format!("event: error\ndata: {data}\n\n"))
 }
 
 impl UpstreamBody {
@@ -171,6 +209,34 @@ impl UpstreamBody {
             idle_sleep: None,
             total: total.map(|t| (t, Box::pin(tokio::time::sleep(t)))),
             _guard: Some(guard),
+            sse: None,
+            done: false,
+        }
+    }
+
+    /// Treat the body as Server-Sent Events: if the upstream cuts it (error,
+    /// idle or total timeout) at an event boundary, it ends with an `error`
+    /// event and a clean end of stream.
+    pub(crate) fn event_stream(mut self) -> Self {
+        self.sse = Some(SseTail {
+            last: [0; 4],
+            any: false,
+        });
+        self
+    }
+
+    /// The stream failed: for SSE cut at an event boundary, a final `error`
+    /// event and a clean end; otherwise the error (the client connection
+    /// is then aborted, so a truncated body never looks complete).
+    fn fail(&mut self, err: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self._guard = None;
+        match self.sse {
+            Some(tail) if tail.at_boundary() => {
+                tracing::warn!("upstream event stream cut ({err}); ending it with an error event");
+                self.done = true;
+                Poll::Ready(Some(Ok(Frame::data(sse_error_event(&err.to_string())))))
+            }
+            _ => Poll::Ready(Some(Err(err))),
         }
     }
 }
@@ -184,11 +250,13 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
         if let Some((t, sleep)) = &mut this.total {
             if sleep.as_mut().poll(cx).is_ready() {
                 let t = *t;
-                this._guard = None;
-                return Poll::Ready(Some(Err(Box::new(StreamError::Total(t)))));
+                return this.fail(Box::new(StreamError::Total(t)));
             }
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -196,12 +264,12 @@ impl Body for UpstreamBody {
                 if let Some(s) = &mut this.idle_sleep {
                     s.as_mut().reset(Instant::now() + this.idle);
                 }
+                if let (Some(tail), Some(data)) = (&mut this.sse, frame.data_ref()) {
+                    tail.push(data);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => {
-                this._guard = None;
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
+            Poll::Ready(Some(Err(e))) => this.fail(Box::new(e)),
             Poll::Ready(None) => {
                 // Finished: stop counting the request in flight right away.
                 this._guard = None;
@@ -213,14 +281,13 @@ impl Body for UpstreamBody {
                     .idle_sleep
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 ready!(sleep.as_mut().poll(cx));
-                this._guard = None;
-                Poll::Ready(Some(Err(Box::new(StreamError::Idle(idle)))))
+                this.fail(Box::new(StreamError::Idle(idle)))
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -318,7 +318,18 @@ async fn proxy(
     let finish = |mut res: Response<Incoming>, guard: InflightGuard| {
         strip_hop_by_hop(res.headers_mut());
         res.headers_mut().remove(header::UPGRADE);
-        res.map(|b| ProxyBody::Upstream(UpstreamBody::new(b, timeouts.body_idle.0, total, guard)))
+        // An event stream of unknown length can be ended with an `error`
+        // event if the upstream goes away mid-stream.
+        let sse = !res.headers().contains_key(header::CONTENT_LENGTH)
+            && res
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        res.map(|b| {
+            let body = UpstreamBody::new(b, timeouts.body_idle.0, total, guard);
+            ProxyBody::Upstream(if sse { body.event_stream() } else { body })
+        })
     };
     let headers_deadline = timeouts.connect.0 + timeouts.response_headers.0;
 

@@ -279,3 +279,28 @@ async fn shutdown_deadline_cuts_what_remains() {
         "the held request should have been cut"
     );
 }
+
+/// An event stream the upstream cuts between events ends, for the client,
+/// with an `error` event and a clean end of stream (a fetch or EventSource
+/// client sees why, instead of a network error); a non-SSE body cut the
+/// same way still aborts the client connection (retries.rs checks that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_event_stream_ends_with_an_error_event() {
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&pool_config(&[(&up, 1, false)], "round_robin", "")).await;
+    let res = send_from(None, gw.addr, request("GET", gw.addr, "/sse-cut", &[], ""))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let r = read(res).await.expect("the cut stream ends cleanly");
+    let events: Vec<&str> = r.body.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 3, "{:?}", r.body);
+    assert_eq!(events[0], "id: 0\ndata: event 0");
+    assert_eq!(events[1], "id: 1\ndata: event 1");
+    let err = events[2];
+    assert!(err.starts_with("event: error\ndata: "), "{err}");
+    let data: serde_json::Value =
+        serde_json::from_str(err.trim_start_matches("event: error\ndata: ")).unwrap();
+    assert_eq!(data["code"], "upstream_lost", "{data}");
+    assert!(data["message"].as_str().unwrap().contains("cut"), "{data}");
+}

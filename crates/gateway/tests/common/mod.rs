@@ -138,6 +138,24 @@ async fn handle(st: Arc<UpState>, req: Request<Incoming>) -> Result<Response<Bod
             Ok(Response::new(full(st.name.clone())))
         }
         "/sse" | "/sse-gated" => Ok(sse(st, path == "/sse-gated")),
+        "/sse-cut" => {
+            // Two whole events, then the upstream dies mid-stream.
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+            tokio::spawn(async move {
+                for i in 0..2 {
+                    let ev = format!("id: {i}\ndata: event {i}\n\n");
+                    let _ = tx.send(Ok(Frame::data(Bytes::from(ev)))).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let _ = tx
+                    .send(Err(std::io::Error::other("upstream died mid-stream")))
+                    .await;
+            });
+            Ok(Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(BodyExt::boxed_unsync(StreamBody::new(tokio_stream(rx))))
+                .unwrap())
+        }
         "/partial" => {
             // Headers and a first chunk, then the connection breaks.
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
