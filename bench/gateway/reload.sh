@@ -21,32 +21,10 @@ RELOADS="${RELOADS:-3}"
 NGINX_SHUTDOWN_TIMEOUT="${NGINX_SHUTDOWN_TIMEOUT:-5s}"
 WORKERS="${WORKERS:-1}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
-ulimit -n 65536 2>/dev/null || ulimit -n 16384 2>/dev/null || true
 command -v "$NGINX" >/dev/null || { echo "missing nginx (apt-get install nginx)" >&2; exit 1; }
 
-if [ -z "${SKIP_BUILD:-}" ]; then
-  echo "building ragfleet (release)..." >&2
-  if [ -n "${GATEWAY_ONLY:-}" ]; then
-    (cd "$root" && cargo build --release -q -p ragfleet-gateway \
-        --example gateway_bench_tool --example gateway_reload_bench)
-  else
-    (cd "$root" && cargo build --release -q -p ragfleet -p ragfleet-gateway \
-        --example gateway_bench_tool --example gateway_reload_bench)
-  fi
-fi
-RAGFLEET="${RAGFLEET_BIN:-$CARGO_TARGET_DIR/release/ragfleet}"
-TOOL="${BENCH_TOOL:-$CARGO_TARGET_DIR/release/examples/gateway_bench_tool}"
-CLIENT="${RELOAD_CLIENT:-$CARGO_TARGET_DIR/release/examples/gateway_reload_bench}"
-
-tmp="$(mktemp -d /tmp/ragfleet-reload-bench.XXXXXX)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "$root/bench/gateway/lib.sh"
+gw_bench_setup ragfleet-reload-bench
 
 P_RAGFLEET=127.0.0.1:18280
 P_NGINX=127.0.0.1:18282
@@ -107,11 +85,7 @@ CONF
 }
 
 ragfleet_conf $SSE_A $WS_A
-if [ -n "${GATEWAY_ONLY:-}" ]; then
-  RUST_LOG=warn "$CLIENT" gateway "$tmp/ragfleet.toml" &
-else
-  RUST_LOG=warn "$RAGFLEET" gateway --config "$tmp/ragfleet.toml" &
-fi
+RUST_LOG=warn "$RAGFLEET" gateway --config "$tmp/ragfleet.toml" &
 ragfleet_pid=$!
 pids+=($ragfleet_pid)
 nginx_conf $SSE_A $WS_A

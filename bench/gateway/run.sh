@@ -24,40 +24,12 @@ SSE_SECONDS="${SSE_SECONDS:-10}"
 WS_TUNNELS="${WS_TUNNELS:-1000}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 HAPROXY="${HAPROXY:-/usr/sbin/haproxy}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
-ulimit -n 65536 2>/dev/null || ulimit -n 16384 2>/dev/null || true
-
 for tool in wrk "$NGINX" "$HAPROXY" openssl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk nginx haproxy)" >&2; exit 1; }
 done
 
-# GATEWAY_ONLY=1: run the gateway library through the gateway_reload_bench
-# example (same code and runtime as `ragfleet gateway`) instead of the CLI,
-# whose release build also compiles the model crates.
-if [ -z "${SKIP_BUILD:-}" ]; then
-  echo "building ragfleet (release)..." >&2
-  if [ -n "${GATEWAY_ONLY:-}" ]; then
-    (cd "$root" && cargo build --release -q -p ragfleet-gateway \
-        --example gateway_bench_tool --example gateway_reload_bench)
-  else
-    (cd "$root" && cargo build --release -q -p ragfleet -p ragfleet-gateway --example gateway_bench_tool)
-  fi
-fi
-if [ -n "${GATEWAY_ONLY:-}" ]; then
-  RAGFLEET="${RAGFLEET_BIN:-$CARGO_TARGET_DIR/release/examples/gateway_reload_bench}"
-else
-  RAGFLEET="${RAGFLEET_BIN:-$CARGO_TARGET_DIR/release/ragfleet}"
-fi
-TOOL="${BENCH_TOOL:-$CARGO_TARGET_DIR/release/examples/gateway_bench_tool}"
-
-tmp="$(mktemp -d /tmp/ragfleet-gw-bench.XXXXXX)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "$root/bench/gateway/lib.sh"
+gw_bench_setup ragfleet-gw-bench
 
 BACKEND=127.0.0.1:18081
 P_RAGFLEET=127.0.0.1:18080

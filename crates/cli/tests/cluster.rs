@@ -611,6 +611,28 @@ fn gateway_toml(listen: SocketAddr, nodes: &[SocketAddr]) -> String {
     )
 }
 
+/// A `ragfleet gateway` process in front of `nodes` ([`gateway_toml`]),
+/// ready; returns it with its base URL.
+async fn start_gateway(http: &reqwest::Client, dir: &Path, nodes: &[NodeProc]) -> (Proc, String) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = dir.join("gateway.toml");
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    std::fs::write(&cfg, gateway_toml(addr, &addrs)).unwrap();
+    let gw = Proc::spawn(
+        "gateway",
+        BIN,
+        vec![
+            "gateway".into(),
+            "--config".into(),
+            cfg.display().to_string(),
+        ],
+        dir.join("gateway.log"),
+    );
+    let base = format!("http://{addr}");
+    wait_ready(http, &base, "gateway", || gw.logs()).await;
+    (gw, base)
+}
+
 #[derive(Default, Debug)]
 struct LoadStats {
     ok: u64,
@@ -619,9 +641,10 @@ struct LoadStats {
 
 /// Three nodes behind the gateway under a steady load of searches and
 /// chats; one node is SIGKILLed. No non-streaming request fails; the stream
-/// that was on the killed node ends (never hangs) and its resume from
-/// another node ends with an `error` event; the node restarts, catches up
-/// and takes traffic again.
+/// that was on the killed node ends with the gateway's `error` event
+/// (`upstream_lost`, never a hang) and its resume from another node ends
+/// with the node's `error` event (`run_lost`); the node restarts, catches
+/// up and takes traffic again.
 #[test]
 fn killing_a_node_under_load_costs_nothing() {
     let _g = serial();
@@ -637,18 +660,7 @@ fn killing_a_node_under_load_costs_nothing() {
         for n in &nodes {
             wait_ready(&http, &n.base(), &n.id, || n.proc.logs()).await;
         }
-        let gw_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let gw_cfg = dir.path().join("gateway.toml");
-        let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-        std::fs::write(&gw_cfg, gateway_toml(gw_addr, &addrs)).unwrap();
-        let mut gw = Proc::spawn(
-            "gateway",
-            BIN,
-            vec!["gateway".into(), "--config".into(), gw_cfg.display().to_string()],
-            dir.path().join("gateway.log"),
-        );
-        let gw_base = format!("http://{gw_addr}");
-        wait_ready(&http, &gw_base, "gateway", || gw.logs()).await;
+        let (mut gw, gw_base) = start_gateway(&http, dir.path(), &nodes).await;
         let (s, v) = post(
             &http,
             &format!("{gw_base}/api/v1/documents"),
@@ -887,18 +899,7 @@ fn postgres_restart_under_load_behind_the_gateway_loses_nothing_acknowledged() {
             wait_ready(&http, &n.base(), id, || n.proc.logs()).await;
             nodes.push(n);
         }
-        let gw_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let gw_cfg = dir.path().join("gateway.toml");
-        let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-        std::fs::write(&gw_cfg, gateway_toml(gw_addr, &addrs)).unwrap();
-        let gw = Proc::spawn(
-            "gateway",
-            BIN,
-            vec!["gateway".into(), "--config".into(), gw_cfg.display().to_string()],
-            dir.path().join("gateway.log"),
-        );
-        let gw_base = format!("http://{gw_addr}");
-        wait_ready(&http, &gw_base, "gateway", || gw.logs()).await;
+        let (gw, gw_base) = start_gateway(&http, dir.path(), &nodes).await;
         let (s, v) = post(
             &http,
             &format!("{gw_base}/api/v1/documents"),
