@@ -149,9 +149,46 @@ pub enum StreamError {
     Total(Duration),
 }
 
+/// A response body as an upstream client delivers it.
+pub enum UpstreamInner {
+    /// From hyper's client (streamed request bodies, upgrades).
+    Hyper(Incoming),
+    /// From the gateway's own HTTP/1.1 client (`h1.rs`).
+    H1(Box<crate::h1::H1Body>),
+}
+
+impl Body for UpstreamInner {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamInner::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(|e| e.into()),
+            UpstreamInner::H1(b) => Pin::new(&mut **b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamInner::Hyper(b) => b.is_end_stream(),
+            UpstreamInner::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamInner::Hyper(b) => b.size_hint(),
+            UpstreamInner::H1(b) => b.size_hint(),
+        }
+    }
+}
+
 /// An upstream response body passed through as it arrives.
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: UpstreamInner,
     idle: Duration,
     idle_sleep: Option<Pin<Box<Sleep>>>,
     total: Option<(Duration, Pin<Box<Sleep>>)>,
@@ -198,7 +235,7 @@ fn sse_error_event(reason: &str) -> Bytes {
 
 impl UpstreamBody {
     pub(crate) fn new(
-        inner: Incoming,
+        inner: UpstreamInner,
         idle: Duration,
         total: Option<Duration>,
         guard: InflightGuard,
@@ -269,7 +306,7 @@ impl Body for UpstreamBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => this.fail(Box::new(e)),
+            Poll::Ready(Some(Err(e))) => this.fail(e),
             Poll::Ready(None) => {
                 // Finished: stop counting the request in flight right away.
                 this._guard = None;

@@ -449,9 +449,16 @@ impl HeadSniffer {
 
     fn end_head(&mut self, ev: &mut impl FnMut(SniffEvent)) {
         let head = std::mem::take(&mut self.head);
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut headers);
-        let parsed = matches!(req.parse(&head), Ok(httparse::Status::Complete(_)));
+        let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
+        let mut req = httparse::Request::new(&mut []);
+        let parsed = matches!(
+            httparse::ParserConfig::default().parse_request_with_uninit_headers(
+                &mut req,
+                &head,
+                &mut headers
+            ),
+            Ok(httparse::Status::Complete(_))
+        );
         if !parsed {
             // hyper refuses it too (400/431) and closes the connection.
             self.state = Sniff::Off;

@@ -45,6 +45,7 @@ mod body;
 pub mod config;
 mod conn;
 pub mod discovery;
+mod h1;
 pub mod health;
 pub mod hygiene;
 pub mod limits;

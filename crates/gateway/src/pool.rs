@@ -65,6 +65,8 @@ pub struct Server {
     configured_weight: AtomicU32,
     /// Load the server reports in its health response (f64 bits; 0 = idle).
     load_bits: AtomicU64,
+    /// Its keep-alive connections for the gateway's own HTTP/1.1 client.
+    upstream: Arc<crate::h1::Upstream>,
 }
 
 impl Server {
@@ -93,6 +95,7 @@ impl Server {
             failures: AtomicU64::new(0),
             configured_weight: AtomicU32::new(weight.max(1)),
             load_bits: AtomicU64::new(0f64.to_bits()),
+            upstream: Arc::new(crate::h1::Upstream::new(addr)),
         })
     }
 
@@ -101,6 +104,14 @@ impl Server {
     }
     pub(crate) fn authority(&self) -> &Authority {
         &self.authority
+    }
+    pub(crate) fn upstream(&self) -> &Arc<crate::h1::Upstream> {
+        &self.upstream
+    }
+    /// Idle keep-alive connections held to this server by the gateway's
+    /// own client (hyper's client keeps its own).
+    pub fn idle_connections(&self) -> usize {
+        self.upstream.idle.len()
     }
     pub fn weight(&self) -> u32 {
         self.weight.load(Relaxed)
@@ -460,6 +471,15 @@ impl Pool {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Connect and keep-alive settings for the gateway's own client.
+    pub(crate) fn conn_settings(&self) -> crate::h1::ConnSettings {
+        crate::h1::ConnSettings {
+            connect_timeout: self.cfg.timeouts.connect.0,
+            max_idle: self.cfg.keepalive,
+            idle_timeout: self.cfg.keepalive_timeout.0,
+        }
     }
 
     pub fn policy(&self) -> Policy {
