@@ -24,10 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::body::ClientBody;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 use crate::body::{BoxError, ProxyBody};
@@ -244,11 +244,11 @@ pub fn rfc3339(t: SystemTime) -> String {
 pub(crate) async fn observe<F, Fut>(
     shared: Arc<Shared>,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     inner: F,
 ) -> Response<ProxyBody>
 where
-    F: FnOnce(Arc<Shared>, SocketAddr, Request<Incoming>) -> Fut,
+    F: FnOnce(Arc<Shared>, SocketAddr, Request<ClientBody>) -> Fut,
     Fut: std::future::Future<Output = Response<ProxyBody>>,
 {
     let log_cfg = shared.ops.config.load().access_log.clone();

@@ -25,6 +25,16 @@ pub enum ReqBody {
     Stream(SharedStream),
 }
 
+/// A client's request body as a server side hands it to the proxy.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// From hyper's server: HTTP/2, and the HTTP/1 requests the gateway's own
+    /// server hands over (streamed or chunked bodies, upgrades, …).
+    Hyper(Incoming),
+    /// Read whole by the gateway's own HTTP/1.1 server (`h1/server.rs`).
+    Buffered(Bytes),
+}
+
 /// A streamed client body, within `listen.max_body_size`.
 pub type ClientStream = http_body_util::Limited<Incoming>;
 
@@ -154,7 +164,7 @@ pub enum UpstreamInner {
     /// From hyper's client (streamed request bodies, upgrades).
     Hyper(Incoming),
     /// From the gateway's own HTTP/1.1 client (`h1.rs`).
-    H1(Box<crate::h1::H1Body>),
+    H1(Box<crate::h1::client::H1Body>),
 }
 
 impl Body for UpstreamInner {

@@ -165,6 +165,11 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
+    /// Over `max_connections_per_ip`: every request is answered 503.
+    pub(crate) fn refused(&self) -> bool {
+        self.refused
+    }
+
     fn new(refused: bool) -> ConnState {
         ConnState {
             refused,
@@ -257,7 +262,7 @@ impl Body for ConnBody {
 /// sniffer (head start times, Content-Length/Transfer-Encoding conflicts).
 /// Holds the connection-limit slot for as long as the bytes flow, WebSocket
 /// tunnels included.
-struct Watched<T> {
+pub(crate) struct Watched<T> {
     inner: T,
     state: Arc<ConnState>,
     sniffer: Option<HeadSniffer>,
@@ -337,10 +342,7 @@ pub(crate) async fn serve(
     };
     let state = Arc::new(ConnState::new(refused));
     match shared.edge.tls.clone() {
-        None => {
-            let io = watched(stream, &state, &shared, slot, true);
-            serve_h1(shared, io, peer, state, None, stop).await
-        }
+        None => crate::h1::server::serve(shared, stream, peer, state, slot, None, stop).await,
         Some(tls) => {
             let hard_stop = shared.hard_stop.clone();
             let accepted = tokio::select! {
@@ -357,14 +359,13 @@ pub(crate) async fn serve(
                 let io = watched(stream, &state, &shared, slot, false);
                 serve_h2(shared, io, peer, state, hsts, stop).await
             } else {
-                let io = watched(stream, &state, &shared, slot, true);
-                serve_h1(shared, io, peer, state, hsts, stop).await
+                crate::h1::server::serve(shared, stream, peer, state, slot, hsts, stop).await
             }
         }
     }
 }
 
-fn watched<T>(
+pub(crate) fn watched<T>(
     inner: T,
     state: &Arc<ConnState>,
     shared: &Shared,
@@ -402,6 +403,7 @@ fn service(
         Box::pin(async move {
             let guard = RequestGuard::begin(&state);
             req.extensions_mut().insert(ConnInfo(state));
+            let req = req.map(crate::body::ClientBody::Hyper);
             let Ok(mut res) = crate::proxy::handle(shared, peer, req).await;
             if let Some(h) = hsts {
                 res.headers_mut().insert(STRICT_TRANSPORT_SECURITY, h);
@@ -416,7 +418,7 @@ fn service(
     })
 }
 
-async fn serve_h1<T>(
+pub(crate) async fn serve_h1<T>(
     shared: Arc<Shared>,
     io: Watched<T>,
     peer: SocketAddr,

@@ -16,9 +16,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use crate::body::ClientBody;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
 use crate::conn::ConnInfo;
@@ -95,8 +95,8 @@ pub(crate) fn too_large(shared: &Shared, limit: u64) -> Response<ProxyBody> {
 pub(crate) async fn admit(
     shared: &Arc<Shared>,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
-) -> Result<Request<Incoming>, Response<ProxyBody>> {
+    mut req: Request<ClientBody>,
+) -> Result<Request<ClientBody>, Response<ProxyBody>> {
     let conn = req.extensions().get::<ConnInfo>().cloned();
     if let Some(i) = &conn {
         if i.refused() {

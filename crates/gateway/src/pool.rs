@@ -66,7 +66,7 @@ pub struct Server {
     /// Load the server reports in its health response (f64 bits; 0 = idle).
     load_bits: AtomicU64,
     /// Its keep-alive connections for the gateway's own HTTP/1.1 client.
-    upstream: Arc<crate::h1::Upstream>,
+    upstream: Arc<crate::h1::client::Upstream>,
 }
 
 impl Server {
@@ -95,7 +95,7 @@ impl Server {
             failures: AtomicU64::new(0),
             configured_weight: AtomicU32::new(weight.max(1)),
             load_bits: AtomicU64::new(0f64.to_bits()),
-            upstream: Arc::new(crate::h1::Upstream::new(addr)),
+            upstream: Arc::new(crate::h1::client::Upstream::new(addr)),
         })
     }
 
@@ -105,7 +105,7 @@ impl Server {
     pub(crate) fn authority(&self) -> &Authority {
         &self.authority
     }
-    pub(crate) fn upstream(&self) -> &Arc<crate::h1::Upstream> {
+    pub(crate) fn upstream(&self) -> &Arc<crate::h1::client::Upstream> {
         &self.upstream
     }
     /// Idle keep-alive connections held to this server by the gateway's
@@ -474,8 +474,8 @@ impl Pool {
     }
 
     /// Connect and keep-alive settings for the gateway's own client.
-    pub(crate) fn conn_settings(&self) -> crate::h1::ConnSettings {
-        crate::h1::ConnSettings {
+    pub(crate) fn conn_settings(&self) -> crate::h1::client::ConnSettings {
+        crate::h1::client::ConnSettings {
             connect_timeout: self.cfg.timeouts.connect.0,
             max_idle: self.cfg.keepalive,
             idle_timeout: self.cfg.keepalive_timeout.0,

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::access_log::ObsRef;
 use crate::balance::hash64;
-use crate::body::{ProxyBody, ReqBody, StreamSlot, UpstreamBody, UpstreamInner};
+use crate::body::{ClientBody, ProxyBody, ReqBody, StreamSlot, UpstreamBody, UpstreamInner};
 use crate::config::{FailKind, HashKey, HostMode};
 use crate::pool::{InflightGuard, PickCtx, Pool};
 use crate::Shared;
@@ -140,7 +140,7 @@ fn valid_request_id(v: &HeaderValue) -> bool {
 }
 
 /// The hash key of a request, if the pool hashes and the request carries it.
-fn hash_key(src: &HashKey, req: &Request<Incoming>) -> Option<u64> {
+fn hash_key(src: &HashKey, req: &Request<ClientBody>) -> Option<u64> {
     match src {
         HashKey::Header(name) => req.headers().get(name).map(|v| hash64(&[v.as_bytes()])),
         HashKey::Cookie(name) => req
@@ -200,7 +200,7 @@ enum AttemptError {
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     Ok(
         crate::access_log::observe(shared, peer, req, |s, p, r| async move {
@@ -216,7 +216,7 @@ pub(crate) async fn handle(
 async fn handle_inner(
     shared: Arc<Shared>,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let request_id = request_id_of(req.headers());
     // Hygiene and rate limits first: routes match the normalised path.
@@ -261,7 +261,7 @@ async fn proxy(
     shared: &Arc<Shared>,
     pool: &Arc<Pool>,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     request_id: HeaderValue,
 ) -> Response<ProxyBody> {
     let cfg = &pool.cfg;
@@ -318,10 +318,16 @@ async fn proxy(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let payload = if incoming.is_end_stream() {
-        Payload::Empty
-    } else {
-        match content_length {
+    let incoming = match incoming {
+        ClientBody::Buffered(b) if b.is_empty() => None,
+        ClientBody::Buffered(b) => Some(Err(b)),
+        ClientBody::Hyper(i) if i.is_end_stream() => None,
+        ClientBody::Hyper(i) => Some(Ok(i)),
+    };
+    let payload = match incoming {
+        None => Payload::Empty,
+        Some(Err(b)) => Payload::Buffered(b),
+        Some(Ok(incoming)) => match content_length {
             Some(n) if n <= cfg.retries.max_body_buffer => match incoming.collect().await {
                 Ok(c) => Payload::Buffered(c.to_bytes()),
                 Err(e) => {
@@ -339,7 +345,7 @@ async fn proxy(
                     .unwrap_or(usize::MAX);
                 Payload::Streamed(StreamSlot::new(http_body_util::Limited::new(incoming, max)))
             }
-        }
+        },
     };
     // Whether the body can (still) be sent to another server.
     let replayable = || match &payload {
@@ -399,7 +405,7 @@ async fn proxy(
         // in this task. Otherwise hyper's (see h1.rs for why both).
         let outcome: Result<Result<Response<UpstreamInner>, Attempt>, _> = match &payload {
             Payload::Empty | Payload::Buffered(_) if client_upgrade.is_none() => {
-                let out = crate::h1::Outgoing {
+                let out = crate::h1::client::Outgoing {
                     method: &method,
                     path_and_query: path_and_query.as_str(),
                     headers: &headers,
@@ -410,7 +416,7 @@ async fn proxy(
                         _ => None,
                     },
                 };
-                let send = crate::h1::send(server.upstream(), pool.conn_settings(), &out);
+                let send = crate::h1::client::send(server.upstream(), pool.conn_settings(), &out);
                 tokio::time::timeout(headers_deadline, send).await.map(|r| {
                     r.map(|res| res.map(|b| UpstreamInner::H1(Box::new(b))))
                         .map_err(Attempt::H1)
@@ -562,7 +568,7 @@ async fn proxy(
 /// Why an attempt's client failed.
 enum Attempt {
     Hyper(hyper_util::client::legacy::Error),
-    H1(crate::h1::H1Error),
+    H1(crate::h1::client::H1Error),
 }
 
 /// The request body as the proxy holds it across attempts.

@@ -144,7 +144,9 @@ async fn serve_raw(mut sock: TcpStream, script: Script, reqs: Arc<AtomicU64>) {
                 sock.write_all(out.as_bytes()).await.is_ok()
             }
             Script::Garbage => {
-                let _ = sock.write_all(b"220 smtp.example ESMTP ready\r\n\r\n").await;
+                let _ = sock
+                    .write_all(b"220 smtp.example ESMTP ready\r\n\r\n")
+                    .await;
                 return;
             }
             Script::HugeHead => {
@@ -210,7 +212,10 @@ async fn head_responses_have_no_body_and_keep_the_connection() {
         assert_eq!(r.body, "");
     }
     let r = gw.get("/after").await;
-    assert_eq!(r.body, "answer 4 to 0", "the body of HEAD was not mistaken for data");
+    assert_eq!(
+        r.body, "answer 4 to 0",
+        "the body of HEAD was not mistaken for data"
+    );
     assert_eq!(up.accepted.load(SeqCst), 1);
 }
 

@@ -269,14 +269,11 @@ async fn exchange(
         }
     }
     loop {
-        let parsed = parse_head(&conn.buf, req.method);
+        let parsed = parse_head(&mut conn.buf, req.method);
         match parsed {
             Err(e) => return Err((false, e)),
-            Ok(Some((n, Parsed::Interim))) => {
-                conn.buf.advance(n);
-            }
-            Ok(Some((n, Parsed::Final(parts, framing, keep_alive)))) => {
-                conn.buf.advance(n);
+            Ok(Some(Parsed::Interim)) => {}
+            Ok(Some(Parsed::Final(parts, framing, keep_alive))) => {
                 return Ok(Response::from_parts(
                     parts,
                     H1Body::new(conn, framing, keep_alive, up.clone(), settings),
@@ -379,8 +376,8 @@ enum Parsed {
 }
 
 /// Parse a response head at the start of `buf`: `None` if incomplete, else
-/// its length and what it says.
-fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Parsed)>, H1Error> {
+/// what it says, its bytes taken out of `buf`.
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, H1Error> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -405,20 +402,23 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Parsed)>, H1
                 "101 Switching Protocols without an upgrade".into(),
             ));
         }
-        return Ok(Some((n, Parsed::Interim)));
+        buf.advance(n);
+        return Ok(Some(Parsed::Interim));
     }
     let http11 = res.version == Some(1);
-    let mut headers = HeaderMap::with_capacity(res.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
+    let mut has_te = false;
     let mut close = !http11;
+    // Names now; values below as slices of the head's own bytes (no copies).
+    let base = buf.as_ptr() as usize;
+    let mut names = Vec::with_capacity(res.headers.len());
     for h in res.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| H1Error::Invalid(format!("header name {:?}", h.name)))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| H1Error::Invalid(format!("value of header {}", h.name)))?;
+        let value = h.value;
         if name == header::CONTENT_LENGTH {
-            let v = std::str::from_utf8(h.value)
+            let v = std::str::from_utf8(value)
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .ok_or_else(|| H1Error::Invalid("bad Content-Length".into()))?;
@@ -427,26 +427,26 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Parsed)>, H1
             }
             length = Some(v);
         } else if name == header::TRANSFER_ENCODING {
+            has_te = true;
             // Only the last coding frames the message.
             chunked = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.rsplit(',').next())
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             if !chunked {
                 close = true;
             }
         } else if name == header::CONNECTION {
-            for t in value.to_str().unwrap_or("").split(',') {
-                let t = t.trim();
-                if t.eq_ignore_ascii_case("close") {
+            for t in value.split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if !http11 && t.eq_ignore_ascii_case("keep-alive") {
+                } else if !http11 && t.eq_ignore_ascii_case(b"keep-alive") {
                     close = false;
                 }
             }
         }
-        headers.append(name, value);
+        names.push((name, value.as_ptr() as usize - base, value.len()));
     }
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -454,10 +454,8 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Parsed)>, H1
     {
         Framing::Empty
     } else if chunked {
-        // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
-        headers.remove(header::CONTENT_LENGTH);
         Framing::Chunked
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+    } else if has_te {
         Framing::UntilClose
     } else {
         match length {
@@ -466,6 +464,18 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Parsed)>, H1
             None => Framing::UntilClose,
         }
     };
+    let head = buf.split_to(n).freeze();
+    // Room for what the proxy adds (X-Request-Id) without growing.
+    let mut headers = HeaderMap::with_capacity(names.len() + 2);
+    for (name, off, len) in names {
+        // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
+        if chunked && name == header::CONTENT_LENGTH {
+            continue;
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice(off..off + len))
+            .map_err(|_| H1Error::Invalid(format!("value of header {name}")))?;
+        headers.append(name, value);
+    }
     let keep_alive = !close && framing != Framing::UntilClose;
     let mut parts = Response::new(()).into_parts().0;
     parts.status = status;
@@ -475,7 +485,7 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Parsed)>, H1
         Version::HTTP_10
     };
     parts.headers = headers;
-    Ok(Some((n, Parsed::Final(parts, framing, keep_alive))))
+    Ok(Some(Parsed::Final(parts, framing, keep_alive)))
 }
 
 /// Where the chunked decoder is.
@@ -736,61 +746,60 @@ mod tests {
     #[test]
     fn heads_parse_with_their_framing() {
         let get = Method::GET;
-        let (n, p) = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", &get)
-            .unwrap()
-            .unwrap();
-        assert_eq!(n, 38);
+        let parse = |raw: &[u8], m: &Method| parse_head(&mut BytesMut::from(raw), m);
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"[..]);
+        let p = parse_head(&mut buf, &get).unwrap().unwrap();
+        assert_eq!(&buf[..], b"hello", "the head is taken out of the buffer");
         let Parsed::Final(parts, framing, ka) = p else {
             panic!("interim")
         };
         assert_eq!(parts.status, 200);
+        assert_eq!(parts.headers["content-length"], "5");
         assert_eq!(framing, Framing::Length(5));
         assert!(ka);
 
         let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 9\r\n\r\n";
-        let Parsed::Final(parts, framing, _) = parse_head(head, &get).unwrap().unwrap().1 else {
+        let Parsed::Final(parts, framing, _) = parse(head, &get).unwrap().unwrap() else {
             panic!()
         };
         assert_eq!(framing, Framing::Chunked);
         assert!(!parts.headers.contains_key(header::CONTENT_LENGTH));
 
         let head = b"HTTP/1.0 200 OK\r\n\r\n";
-        let Parsed::Final(_, framing, ka) = parse_head(head, &get).unwrap().unwrap().1 else {
+        let Parsed::Final(_, framing, ka) = parse(head, &get).unwrap().unwrap() else {
             panic!()
         };
         assert_eq!(framing, Framing::UntilClose);
         assert!(!ka);
 
         let head = b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\nconnection: close\r\n\r\n";
-        let Parsed::Final(_, _, ka) = parse_head(head, &get).unwrap().unwrap().1 else {
+        let Parsed::Final(_, _, ka) = parse(head, &get).unwrap().unwrap() else {
             panic!()
         };
         assert!(!ka);
 
         let head = b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n";
-        let Parsed::Final(_, framing, _) = parse_head(head, &Method::HEAD).unwrap().unwrap().1
-        else {
+        let Parsed::Final(_, framing, _) = parse(head, &Method::HEAD).unwrap().unwrap() else {
             panic!()
         };
         assert_eq!(framing, Framing::Empty);
 
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204"[..]);
         assert!(matches!(
-            parse_head(b"HTTP/1.1 100 Continue\r\n\r\n", &get)
-                .unwrap()
-                .unwrap()
-                .1,
+            parse_head(&mut buf, &get).unwrap().unwrap(),
             Parsed::Interim
         ));
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-le", &get)
-            .unwrap()
-            .is_none());
+        assert_eq!(&buf[..], b"HTTP/1.1 204");
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
+        assert!(parse_head(&mut buf, &get).unwrap().is_none());
+        assert_eq!(buf.len(), 27, "an incomplete head stays in the buffer");
         for bad in [
             &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             b"SMTP ready\r\n\r\n",
         ] {
-            assert!(parse_head(bad, &get).is_err(), "{bad:?}");
+            assert!(parse(bad, &get).is_err(), "{bad:?}");
         }
     }
 

@@ -1,0 +1,736 @@
+//! The gateway's own HTTP/1.1 server loop for client connections (plain TCP,
+//! or TLS that negotiated HTTP/1.1).
+//!
+//! It serves the common request itself: an HTTP/1.1 origin-form request
+//! whose head and whole body (`Content-Length`, at most 64 KiB) are in the
+//! read buffer, with no `Transfer-Encoding`, `Upgrade` or `Expect`. Any other
+//! request — a chunked or large upload, a WebSocket upgrade, HTTP/1.0, a head
+//! httparse refuses or one over `listen.max_header_size` — hands the
+//! connection, with the bytes read so far, to hyper's server
+//! (`conn::serve_h1`) for the rest of its life, so every unusual case keeps
+//! hyper's behaviour (its 400/431 answers, upgrades, streamed bodies).
+//!
+//! Why: per proxied request, hyper's server dispatcher and its header
+//! parsing cost about 17k instructions where this loop costs a few
+//! thousand (`bench/gateway/instructions.sh`).
+//!
+//! What it keeps of hyper's server: keep-alive and pipelining (requests are
+//! answered in order), `Connection: close` both ways, a `Date` header,
+//! `Content-Length` or chunked framing chosen from the body (event streams
+//! are written frame by frame as they arrive: never buffered), no body for
+//! HEAD/1xx/204/304, a connection closed when a body fails or falls short of
+//! its length. The connection timeouts are `conn.rs`'s, kept here in the
+//! read loop: `header_read_timeout` from the connection's start for the
+//! first head and from a later head's first byte, `keepalive_timeout` while
+//! idle. A client that goes away while its response is still waiting for
+//! upstream frames (an SSE stream) is noticed and the stream dropped.
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri, Version};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{ClientBody, ProxyBody};
+use crate::conn::ConnState;
+use crate::limits::ConnGuard;
+use crate::Shared;
+
+/// Header lines per request head (hyper's default limit too).
+const MAX_HEADERS: usize = 100;
+/// Largest request body this loop reads itself.
+const MAX_BODY: usize = 64 * 1024;
+/// Read buffer growth step.
+const READ_BUF: usize = 8 * 1024;
+/// Pipelined bytes read ahead while a response is being sent.
+const MAX_READ_AHEAD: usize = 64 * 1024;
+/// Response bytes gathered before a write when frames come in a burst.
+const MAX_WRITE_BATCH: usize = 16 * 1024;
+
+/// How a connection left this loop.
+enum Exit {
+    /// Closed (by either side, a timeout or the gateway stopping).
+    Closed,
+    /// Hand the connection to hyper's server, these bytes first.
+    HandOff(Bytes),
+}
+
+/// Serve one HTTP/1.1 client connection; see the module docs.
+pub(crate) async fn serve<T>(
+    shared: Arc<Shared>,
+    io: T,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    slot: Option<ConnGuard>,
+    hsts: Option<HeaderValue>,
+    stop: CancellationToken,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let hard_stop = shared.hard_stop.clone();
+    let mut conn = Conn {
+        shared: &shared,
+        io,
+        peer,
+        hsts: hsts.as_ref(),
+        stop: &stop,
+        buf: BytesMut::with_capacity(READ_BUF),
+        out: Vec::with_capacity(1024),
+    };
+    let exit = if state.refused() {
+        // Over max_connections_per_ip: hyper's side answers it (hygiene).
+        Exit::HandOff(Bytes::new())
+    } else {
+        tokio::select! {
+            biased;
+            _ = hard_stop.cancelled() => Exit::Closed,
+            exit = conn.run() => exit,
+        }
+    };
+    if let Exit::HandOff(prefix) = exit {
+        let io = Prefixed {
+            prefix,
+            inner: conn.io,
+        };
+        let io = crate::conn::watched(io, &state, &shared, slot, true);
+        let serve = crate::conn::serve_h1(shared.clone(), io, peer, state.clone(), hsts, stop);
+        Box::pin(serve).await;
+    }
+}
+
+struct Conn<'a, T> {
+    shared: &'a Arc<Shared>,
+    io: T,
+    peer: SocketAddr,
+    hsts: Option<&'a HeaderValue>,
+    stop: &'a CancellationToken,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// The response bytes not yet written.
+    out: Vec<u8>,
+}
+
+/// What the head at the start of the buffer asks for.
+enum Parsed {
+    /// More bytes needed.
+    Partial,
+    /// Not for this loop: hyper's server takes the connection.
+    HandOff,
+    Fast(Head),
+}
+
+/// A request head this loop serves, as offsets into the read buffer.
+struct Head {
+    len: usize,
+    body: usize,
+    method: Method,
+    path: (usize, usize),
+    headers: Vec<(usize, usize, usize, usize)>,
+    close: bool,
+}
+
+impl<T> Conn<'_, T>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn run(&mut self) -> Exit {
+        let edge = &self.shared.edge;
+        let header_timeout = edge.header_read_timeout;
+        let idle_timeout = edge.keepalive_timeout;
+        let started = Instant::now();
+        let mut idle_since = started;
+        let mut served = 0u64;
+        let stopped = self.stop.cancelled();
+        tokio::pin!(stopped);
+        let far = started + Duration::from_secs(86400 * 365);
+        let timer = tokio::time::sleep_until(far);
+        tokio::pin!(timer);
+        let mut timer_at = far;
+        loop {
+            // A complete head (and body) in the buffer.
+            let mut head_started = (!self.buf.is_empty()).then(Instant::now);
+            let head = loop {
+                if !self.buf.is_empty() {
+                    match parse(&self.buf, edge.max_header_size) {
+                        Parsed::Fast(h) => break h,
+                        Parsed::HandOff => return Exit::HandOff(self.buf.split().freeze()),
+                        Parsed::Partial => {}
+                    }
+                }
+                let (deadline, idle) = if served == 0 {
+                    (deadline(started, header_timeout), false)
+                } else if let Some(s) = head_started {
+                    (deadline(s, header_timeout), false)
+                } else {
+                    (deadline(idle_since, idle_timeout), true)
+                };
+                // The timer is only moved earlier here; a later deadline is
+                // picked up when it fires (at most once per timeout), so a
+                // busy connection costs no timer work per request.
+                let at = deadline.unwrap_or(far);
+                if at < timer_at {
+                    timer.as_mut().reset(at);
+                    timer_at = at;
+                }
+                self.buf.reserve(READ_BUF);
+                tokio::select! {
+                    biased;
+                    r = self.io.read_buf(&mut self.buf) => match r {
+                        Ok(0) | Err(_) => return Exit::Closed,
+                        Ok(_) => {
+                            head_started.get_or_insert_with(Instant::now);
+                        }
+                    },
+                    _ = &mut timer, if deadline.is_some() => {
+                        if Instant::now() < at {
+                            timer.as_mut().reset(at);
+                            timer_at = at;
+                            continue;
+                        }
+                        if idle {
+                            edge.counters.idle_closed.fetch_add(1, Relaxed);
+                            tracing::debug!(peer = %self.peer, "keep-alive connection idle: closing");
+                        } else {
+                            edge.counters.header_timeouts.fetch_add(1, Relaxed);
+                            tracing::debug!(peer = %self.peer, "no complete request head within header_read_timeout: closing");
+                        }
+                        return Exit::Closed;
+                    }
+                    _ = &mut stopped, if head_started.is_none() => return Exit::Closed,
+                }
+            };
+
+            let Some(req) = self.request(&head) else {
+                return Exit::HandOff(self.buf.split().freeze());
+            };
+            let head_only = req.method() == Method::HEAD;
+            let Ok(res) = crate::proxy::handle(self.shared.clone(), self.peer, req).await;
+            let close = head.close || self.stop.is_cancelled();
+            match self.respond(res, head_only, close).await {
+                Ok(true) if !self.stop.is_cancelled() => {}
+                _ => {
+                    let _ = self.io.shutdown().await;
+                    return Exit::Closed;
+                }
+            }
+            served += 1;
+            idle_since = Instant::now();
+        }
+    }
+
+    /// Take the request `head` describes out of the buffer. `None` (the
+    /// buffer untouched) if some part of it is not valid after all.
+    fn request(&mut self, head: &Head) -> Option<Request<ClientBody>> {
+        // Names and values were checked by httparse; HeaderName and
+        // HeaderValue check them again and may still refuse some.
+        let mut names = Vec::with_capacity(head.headers.len());
+        for &(no, nl, _, _) in &head.headers {
+            names.push(HeaderName::from_bytes(&self.buf[no..no + nl]).ok()?);
+        }
+        // Values and the target share the head's buffer (no copies).
+        let block = self.buf.split_to(head.len).freeze();
+        let (po, pl) = head.path;
+        let Ok(uri) = Uri::from_maybe_shared(block.slice(po..po + pl)) else {
+            self.put_back(&block);
+            return None;
+        };
+        // Room for the forwarding headers the proxy adds, without growing.
+        let mut headers = HeaderMap::with_capacity(head.headers.len() + 8);
+        for (name, &(_, _, vo, vl)) in names.into_iter().zip(&head.headers) {
+            let Ok(value) = HeaderValue::from_maybe_shared(block.slice(vo..vo + vl)) else {
+                self.put_back(&block);
+                return None;
+            };
+            headers.append(name, value);
+        }
+        let body = self.buf.split_to(head.body).freeze();
+        let mut req = Request::new(ClientBody::Buffered(body));
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers;
+        // No `ConnInfo` extension: what hygiene reads from it does not
+        // apply here (connections over the per-address limit and heads with
+        // Transfer-Encoding go to hyper), and a response that must close the
+        // connection says `Connection: close`, which `respond` honours.
+        Some(req)
+    }
+
+    /// Put a head taken out of the buffer back in front of it (for hyper).
+    fn put_back(&mut self, head: &Bytes) {
+        let mut back = BytesMut::with_capacity(head.len() + self.buf.len());
+        back.extend_from_slice(head);
+        back.extend_from_slice(&self.buf);
+        self.buf = back;
+    }
+
+    /// Write `res`. `Ok(true)` if the connection can serve another request.
+    async fn respond(
+        &mut self,
+        res: http::Response<ProxyBody>,
+        head_only: bool,
+        mut close: bool,
+    ) -> io::Result<bool> {
+        let (parts, body) = res.into_parts();
+        let status = parts.status;
+        let no_body = head_only
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let mut length: Option<u64> = None;
+        let mut has_date = false;
+        let mut has_hsts = false;
+        for (name, value) in &parts.headers {
+            if name == header::CONNECTION {
+                close |= value
+                    .to_str()
+                    .unwrap_or("")
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("close"));
+                continue;
+            }
+            if name == header::TRANSFER_ENCODING {
+                continue;
+            }
+            if name == header::CONTENT_LENGTH {
+                match parse_length(value.as_bytes()) {
+                    Some(n) => length = Some(n),
+                    None => continue,
+                }
+            } else if name == header::DATE {
+                has_date = true;
+            } else if name == header::STRICT_TRANSPORT_SECURITY {
+                has_hsts = true;
+            }
+            push_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if let (Some(h), false) = (self.hsts, has_hsts) {
+            push_header(out, b"strict-transport-security", h.as_bytes());
+        }
+        if !has_date {
+            push_date(out);
+        }
+        let mut framing = if no_body {
+            Framing::None
+        } else if let Some(n) = length {
+            Framing::Length(n)
+        } else if let Some(n) = body.size_hint().exact() {
+            out.extend_from_slice(b"content-length: ");
+            push_dec(out, n);
+            out.extend_from_slice(b"\r\n");
+            Framing::Length(n)
+        } else {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Framing::Chunked
+        };
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if no_body {
+            drop(body);
+            self.flush_out().await?;
+            return Ok(!close);
+        }
+
+        let mut body = body;
+        let mut watch_client = true;
+        loop {
+            // A frame ready now joins the bytes waiting to be written (one
+            // write for head, body and end when the body is already there);
+            // otherwise write what is waiting before waiting for it.
+            let ready = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+            let next = match ready {
+                Poll::Ready(f) => f,
+                Poll::Pending => {
+                    self.flush_out().await?;
+                    loop {
+                        if self.buf.len() >= MAX_READ_AHEAD {
+                            watch_client = false;
+                        }
+                        if watch_client {
+                            self.buf.reserve(READ_BUF);
+                        }
+                        tokio::select! {
+                            biased;
+                            f = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => break f,
+                            r = self.io.read_buf(&mut self.buf), if watch_client => match r {
+                                // Gone: dropping the body drops the upstream stream.
+                                Ok(0) | Err(_) => return Ok(false),
+                                Ok(_) => {}
+                            },
+                        }
+                    }
+                }
+            };
+            match next {
+                None => {
+                    let complete = match framing {
+                        Framing::Chunked => {
+                            self.out.extend_from_slice(b"0\r\n\r\n");
+                            true
+                        }
+                        Framing::Length(left) => left == 0,
+                        Framing::None => true,
+                    };
+                    self.flush_out().await?;
+                    // Fewer bytes than announced: only closing tells the client.
+                    return Ok(complete && !close);
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, "response body failed: {e}");
+                    // What arrived goes out; the missing end (no last chunk,
+                    // or short of Content-Length) and the close tell the client.
+                    self.flush_out().await?;
+                    return Ok(false);
+                }
+                Some(Ok(frame)) => {
+                    let Ok(mut data) = frame.into_data() else {
+                        continue; // trailers are not forwarded
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    match &mut framing {
+                        Framing::Length(left) => {
+                            if data.len() as u64 > *left {
+                                // More than announced: send what was, then close.
+                                data.truncate(*left as usize);
+                                self.push_data(&data).await?;
+                                self.flush_out().await?;
+                                return Ok(false);
+                            }
+                            *left -= data.len() as u64;
+                            self.push_data(&data).await?;
+                        }
+                        Framing::Chunked => {
+                            self.out
+                                .extend_from_slice(format_hex(data.len()).as_bytes());
+                            self.out.extend_from_slice(b"\r\n");
+                            self.push_data(&data).await?;
+                            self.out.extend_from_slice(b"\r\n");
+                        }
+                        Framing::None => {}
+                    }
+                    if self.out.len() >= MAX_WRITE_BATCH {
+                        self.flush_out().await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queue `data` after what is waiting; a large frame is written
+    /// straight from its buffer instead of being copied.
+    async fn push_data(&mut self, data: &Bytes) -> io::Result<()> {
+        if data.len() < MAX_WRITE_BATCH {
+            self.out.extend_from_slice(data);
+            return Ok(());
+        }
+        self.flush_out().await?;
+        self.io.write_all(data).await
+    }
+
+    async fn flush_out(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.io.flush().await
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    None,
+    /// Bytes still to send.
+    Length(u64),
+    Chunked,
+}
+
+fn deadline(from: Instant, timeout: Duration) -> Option<Instant> {
+    (!timeout.is_zero()).then(|| from + timeout)
+}
+
+/// Parse the request head at the start of `buf` and decide who serves it.
+fn parse(buf: &[u8], max_head: usize) -> Parsed {
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(n)) if n <= max_head => n,
+        Ok(httparse::Status::Partial) if buf.len() <= max_head => return Parsed::Partial,
+        // Too large, too many headers, malformed: hyper answers it.
+        _ => return Parsed::HandOff,
+    };
+    if req.version != Some(1) {
+        return Parsed::HandOff;
+    }
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Parsed::HandOff;
+    };
+    if !path.starts_with('/') {
+        return Parsed::HandOff;
+    }
+    let method = match Method::from_bytes(method.as_bytes()) {
+        Ok(m) if m != Method::CONNECT => m,
+        _ => return Parsed::HandOff,
+    };
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| s.as_ptr() as usize - base;
+    let mut headers = Vec::with_capacity(req.headers.len());
+    let mut body: Option<usize> = None;
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match parse_length(h.value) {
+                Some(n) if body.is_none() && n <= MAX_BODY as u64 => body = Some(n as usize),
+                _ => return Parsed::HandOff,
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+        {
+            return Parsed::HandOff;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for t in h.value.split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::HandOff;
+                }
+            }
+        }
+        headers.push((offset(name), name.len(), offset(h.value), h.value.len()));
+    }
+    let body = body.unwrap_or(0);
+    if buf.len() < len + body {
+        // The body is still coming: hyper reads it (and streams it if it
+        // needs to); this loop serves only what is already here.
+        return Parsed::HandOff;
+    }
+    Parsed::Fast(Head {
+        len,
+        body,
+        method,
+        path: (offset(path.as_bytes()), path.len()),
+        headers,
+        close,
+    })
+}
+
+/// A Content-Length value: digits only.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_dec(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn format_hex(n: usize) -> String {
+    format!("{n:x}")
+}
+
+/// `date: <IMF-fixdate>\r\n`, formatted once per second per thread.
+fn push_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            c.0 = secs;
+            c.1 = httpdate::fmt_http_date(now);
+        }
+        push_header(out, b"date", c.1.as_bytes());
+    });
+}
+
+/// A byte stream that yields `prefix` before the rest of `inner`.
+struct Prefixed<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fast(b: &[u8]) -> Head {
+        match parse(b, 64 * 1024) {
+            Parsed::Fast(h) => h,
+            Parsed::Partial => panic!("partial: {:?}", String::from_utf8_lossy(b)),
+            Parsed::HandOff => panic!("handed off: {:?}", String::from_utf8_lossy(b)),
+        }
+    }
+
+    fn handed_off(b: &[u8]) -> bool {
+        matches!(parse(b, 64 * 1024), Parsed::HandOff)
+    }
+
+    #[test]
+    fn simple_requests_are_served_here() {
+        let raw = b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Y: z\r\n\r\nGET /next";
+        let h = fast(raw);
+        assert_eq!(h.len, raw.len() - "GET /next".len());
+        assert_eq!(h.body, 0);
+        assert_eq!(&raw[h.path.0..h.path.0 + h.path.1], b"/a?b=1");
+        assert_eq!(h.headers.len(), 2);
+        let (no, nl, vo, vl) = h.headers[1];
+        assert_eq!(
+            (&raw[no..no + nl], &raw[vo..vo + vl]),
+            (&b"X-Y"[..], &b"z"[..])
+        );
+        assert!(!h.close);
+
+        let h = fast(b"POST /p HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
+        assert_eq!((h.body, h.close), (3, true));
+        assert_eq!(h.method, Method::POST);
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\n", 1024),
+            Parsed::Partial
+        ));
+        for raw in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\na",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: keep-alive, upgrade\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            b"GET http://example.com/ HTTP/1.1\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\n\r\n",
+            b"CONNECT example.com:443 HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            b"\x16\x03\x01garbage",
+        ] {
+            assert!(handed_off(raw), "{:?}", String::from_utf8_lossy(raw));
+        }
+        // Over max_header_size, complete or not.
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(200));
+        assert!(matches!(parse(big.as_bytes(), 100), Parsed::HandOff));
+        assert!(matches!(
+            parse(&big.as_bytes()[..150], 100),
+            Parsed::HandOff
+        ));
+        // Too many header lines.
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(handed_off(many.as_bytes()));
+    }
+
+    #[test]
+    fn numbers_and_dates_format() {
+        let mut out = Vec::new();
+        push_dec(&mut out, 0);
+        out.push(b' ');
+        push_dec(&mut out, 18446744073709551615);
+        assert_eq!(out, b"0 18446744073709551615");
+        assert_eq!(parse_length(b" 42 "), Some(42));
+        assert_eq!(parse_length(b"4 2"), None);
+        assert_eq!(parse_length(b""), None);
+        assert_eq!(format_hex(255), "ff");
+        let mut d = Vec::new();
+        push_date(&mut d);
+        let d = String::from_utf8(d).unwrap();
+        assert!(d.starts_with("date: ") && d.ends_with(" GMT\r\n"), "{d}");
+        assert!(httpdate::parse_http_date(&d[6..d.len() - 2]).is_ok());
+    }
+}
