@@ -66,7 +66,7 @@ pub enum AccessLogFormat {
 
 #[derive(Default)]
 struct State {
-    route: Option<(String, Arc<Pool>)>,
+    route: Option<(Arc<str>, Arc<Pool>)>,
     server: Option<Arc<Server>>,
     attempts: u32,
     status: u16,
@@ -84,7 +84,8 @@ pub(crate) struct Obs {
     /// Access log format, `None` when the line is not wanted.
     log: Option<AccessLogFormat>,
     started: Instant,
-    arrived: SystemTime,
+    /// Arrival time, read only when the line is wanted.
+    arrived: Option<SystemTime>,
     peer: SocketAddr,
     method: Method,
     path: String,
@@ -101,8 +102,8 @@ impl Obs {
     }
 
     /// The route and pool chosen for the request.
-    pub(crate) fn set_route(&self, prefix: &str, pool: &Arc<Pool>) {
-        self.state().route = Some((prefix.to_string(), pool.clone()));
+    pub(crate) fn set_route(&self, prefix: &Arc<str>, pool: &Arc<Pool>) {
+        self.state().route = Some((prefix.clone(), pool.clone()));
     }
 
     /// An attempt on `server` begins.
@@ -141,7 +142,7 @@ impl Drop for Obs {
             "ok"
         });
         let (route, pool) = match &st.route {
-            Some((r, p)) => (r.as_str(), p.name()),
+            Some((r, p)) => (&**r, p.name()),
             None => ("none", "none"),
         };
         let server = st.server.as_ref().map_or("none", |s| s.addr());
@@ -165,7 +166,7 @@ impl Drop for Obs {
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
-        let time = rfc3339(self.arrived);
+        let time = rfc3339(self.arrived.unwrap_or_else(SystemTime::now));
         let headers_ms = st.headers_at.map(|d| d.as_secs_f64() * 1e3);
         let total_ms = total.as_secs_f64() * 1e3;
         match format {
@@ -244,11 +245,11 @@ pub fn rfc3339(t: SystemTime) -> String {
 pub(crate) async fn observe<F, Fut>(
     shared: Arc<Shared>,
     peer: SocketAddr,
-    mut req: Request<ClientBody>,
+    req: Request<ClientBody>,
     inner: F,
 ) -> Response<ProxyBody>
 where
-    F: FnOnce(Arc<Shared>, SocketAddr, Request<ClientBody>) -> Fut,
+    F: FnOnce(Arc<Shared>, SocketAddr, Request<ClientBody>, ObsRef) -> Fut,
     Fut: std::future::Future<Output = Response<ProxyBody>>,
 {
     let log_cfg = shared.ops.config.load().access_log.clone();
@@ -265,7 +266,7 @@ where
         metrics: shared.metrics.clone(),
         log,
         started: Instant::now(),
-        arrived: SystemTime::now(),
+        arrived: log.map(|_| SystemTime::now()),
         peer,
         method: req.method().clone(),
         path: if log.is_some() {
@@ -278,8 +279,7 @@ where
             ..State::default()
         }),
     });
-    req.extensions_mut().insert(ObsRef(obs.clone()));
-    let res = inner(shared, peer, req).await;
+    let res = inner(shared, peer, req, ObsRef(obs.clone())).await;
     let sse = res
         .headers()
         .get(header::CONTENT_TYPE)

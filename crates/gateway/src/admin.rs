@@ -420,7 +420,7 @@ fn routes_of<'a>(rt: &'a crate::Runtime, p: &Arc<Pool>) -> Vec<&'a str> {
         .routes
         .iter()
         .filter(|(_, q)| Arc::ptr_eq(q, p))
-        .map(|(prefix, _)| prefix.as_str())
+        .map(|(prefix, _)| &**prefix)
         .collect();
     r.sort_unstable();
     r

@@ -77,7 +77,7 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Runtime {
     /// (prefix, pool), longest prefix first.
-    routes: Vec<(String, Arc<Pool>)>,
+    routes: Vec<(Arc<str>, Arc<Pool>)>,
     pools: BTreeMap<String, Arc<Pool>>,
 }
 
@@ -88,10 +88,14 @@ impl Runtime {
             .iter()
             .map(|(name, p)| (name.clone(), Arc::new(Pool::new(name, p.clone()))))
             .collect();
-        let mut routes: Vec<(String, Arc<Pool>)> = cfg
+        let mut routes: Vec<(Arc<str>, Arc<Pool>)> = cfg
             .routes
             .iter()
-            .filter_map(|r| pools.get(&r.pool).map(|p| (r.prefix.clone(), p.clone())))
+            .filter_map(|r| {
+                pools
+                    .get(&r.pool)
+                    .map(|p| (Arc::from(r.prefix.as_str()), p.clone()))
+            })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
         Runtime { routes, pools }
@@ -101,16 +105,16 @@ impl Runtime {
     pub fn route(&self, path: &str) -> Option<&Arc<Pool>> {
         self.routes
             .iter()
-            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .find(|(prefix, _)| path.starts_with(&**prefix))
             .map(|(_, p)| p)
     }
 
     /// The longest matching route: its prefix and pool.
-    pub fn route_with_prefix(&self, path: &str) -> Option<(&str, &Arc<Pool>)> {
+    pub fn route_with_prefix(&self, path: &str) -> Option<(&Arc<str>, &Arc<Pool>)> {
         self.routes
             .iter()
-            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-            .map(|(prefix, p)| (prefix.as_str(), p))
+            .find(|(prefix, _)| path.starts_with(&**prefix))
+            .map(|(prefix, p)| (prefix, p))
     }
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {

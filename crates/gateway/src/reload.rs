@@ -385,10 +385,14 @@ fn swap(shared: &Arc<Shared>, cfg: &Config) -> ReloadSummary {
             }
         }
     }
-    let mut routes: Vec<(String, Arc<Pool>)> = cfg
+    let mut routes: Vec<(Arc<str>, Arc<Pool>)> = cfg
         .routes
         .iter()
-        .filter_map(|r| pools.get(&r.pool).map(|p| (r.prefix.clone(), p.clone())))
+        .filter_map(|r| {
+            pools
+                .get(&r.pool)
+                .map(|p| (Arc::from(r.prefix.as_str()), p.clone()))
+        })
         .collect();
     routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
     let rt = Arc::new(Runtime { routes, pools });

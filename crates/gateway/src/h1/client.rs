@@ -66,21 +66,24 @@ impl H1Error {
 struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// The request being written (kept with the connection to reuse it).
+    out: Vec<u8>,
     /// Served a request before (a failure on it may be a stale keep-alive).
     reused: bool,
 }
 
-/// Idle keep-alive connections to one server, newest last.
+/// Idle keep-alive connections to one server, newest last, with their
+/// (empty) buffers.
 #[derive(Debug, Default)]
 pub(crate) struct IdleConns {
-    list: Mutex<Vec<(TcpStream, Instant)>>,
+    list: Mutex<Vec<(Conn, Instant)>>,
 }
 
 impl IdleConns {
     /// The newest idle connection that is still open and fresh.
-    fn take(&self, max_age: Duration) -> Option<TcpStream> {
+    fn take(&self, max_age: Duration) -> Option<Conn> {
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((io, since)) = list.pop() {
+        while let Some((mut conn, since)) = list.pop() {
             if since.elapsed() > max_age {
                 // Everything below is older still.
                 list.clear();
@@ -89,15 +92,18 @@ impl IdleConns {
             // An idle connection has nothing to read: readable means the
             // upstream closed it (or sent garbage); either way, drop it.
             let mut probe = [0u8; 1];
-            match io.try_read(&mut probe) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(io),
+            match conn.io.try_read(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.reused = true;
+                    return Some(conn);
+                }
                 _ => continue,
             }
         }
         None
     }
 
-    fn put(&self, io: TcpStream, max: usize) {
+    fn put(&self, conn: Conn, max: usize) {
         if max == 0 {
             return;
         }
@@ -105,7 +111,7 @@ impl IdleConns {
         if list.len() >= max {
             list.remove(0);
         }
-        list.push((io, Instant::now()));
+        list.push((conn, Instant::now()));
     }
 
     /// Idle connections held now.
@@ -160,25 +166,20 @@ pub(crate) async fn send(
     settings: ConnSettings,
     req: &Outgoing<'_>,
 ) -> Result<Response<H1Body>, H1Error> {
-    let head = encode_head(req);
-    let conn = match up.idle.take(settings.idle_timeout) {
-        Some(io) => Conn {
-            io,
-            buf: BytesMut::new(),
-            reused: true,
-        },
+    let mut conn = match up.idle.take(settings.idle_timeout) {
+        Some(conn) => conn,
         None => connect(up, settings.connect_timeout).await?,
     };
-    match exchange(conn, &head, req, up, settings).await {
+    encode_head(req, &mut conn.out);
+    match exchange(conn, req, up, settings).await {
         // A kept-alive connection the upstream closed just as it was reused:
         // nothing was answered, so the request goes once more on a fresh one.
         // Only for requests that may be repeated (a POST may have been acted on).
         Err((true, e)) if may_repeat(req.method) && stale(&e) => {
             tracing::debug!(upstream = %up.addr, "kept-alive connection was closed: {e}; reconnecting");
-            let conn = connect(up, settings.connect_timeout).await?;
-            exchange(conn, &head, req, up, settings)
-                .await
-                .map_err(|(_, e)| e)
+            let mut conn = connect(up, settings.connect_timeout).await?;
+            encode_head(req, &mut conn.out);
+            exchange(conn, req, up, settings).await.map_err(|(_, e)| e)
         }
         r => r.map_err(|(_, e)| e),
     }
@@ -228,6 +229,7 @@ async fn connect(up: &Upstream, timeout: Duration) -> Result<Conn, H1Error> {
     Ok(Conn {
         io,
         buf: BytesMut::with_capacity(READ_BUF),
+        out: Vec::with_capacity(512),
         reused: false,
     })
 }
@@ -236,7 +238,6 @@ async fn connect(up: &Upstream, timeout: Duration) -> Result<Conn, H1Error> {
 /// connection was a reused one and nothing at all was read back.
 async fn exchange(
     mut conn: Conn,
-    head: &[u8],
     req: &Outgoing<'_>,
     up: &Arc<Upstream>,
     settings: ConnSettings,
@@ -246,16 +247,14 @@ async fn exchange(
         match req.body {
             Some(b) if !b.is_empty() => {
                 if b.len() <= 16 * 1024 {
-                    let mut all = Vec::with_capacity(head.len() + b.len());
-                    all.extend_from_slice(head);
-                    all.extend_from_slice(b);
-                    conn.io.write_all(&all).await
+                    conn.out.extend_from_slice(b);
+                    conn.io.write_all(&conn.out).await
                 } else {
-                    conn.io.write_all(head).await?;
+                    conn.io.write_all(&conn.out).await?;
                     conn.io.write_all(b).await
                 }
             }
-            _ => conn.io.write_all(head).await,
+            _ => conn.io.write_all(&conn.out).await,
         }
     };
     if let Err(e) = write.await {
@@ -306,9 +305,9 @@ async fn exchange(
     }
 }
 
-/// The request head in wire form.
-fn encode_head(req: &Outgoing<'_>) -> Vec<u8> {
-    let mut h = Vec::with_capacity(256 + req.headers.len() * 48);
+/// The request head in wire form, into `h`.
+fn encode_head(req: &Outgoing<'_>, h: &mut Vec<u8>) {
+    h.clear();
     h.extend_from_slice(req.method.as_str().as_bytes());
     h.push(b' ');
     h.extend_from_slice(req.path_and_query.as_bytes());
@@ -343,7 +342,6 @@ fn encode_head(req: &Outgoing<'_>) -> Vec<u8> {
         h.extend_from_slice(b"\r\n");
     }
     h.extend_from_slice(b"\r\n");
-    h
 }
 
 fn itoa_u64(mut n: u64) -> String {
@@ -556,7 +554,7 @@ impl H1Body {
         self.done = true;
         if let Some(conn) = self.conn.take() {
             if self.keep_alive && conn.buf.is_empty() {
-                self.home.idle.put(conn.io, self.settings.max_idle);
+                self.home.idle.put(conn, self.settings.max_idle);
             }
         }
     }
@@ -803,13 +801,19 @@ mod tests {
         }
     }
 
+    fn encode(req: &Outgoing<'_>) -> Vec<u8> {
+        let mut h = b"leftover".to_vec();
+        encode_head(req, &mut h);
+        h
+    }
+
     #[test]
     fn request_heads_carry_host_and_length() {
         let mut headers = HeaderMap::new();
         headers.insert("x-a", HeaderValue::from_static("1"));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
         let body = Bytes::from_static(b"abc");
-        let head = encode_head(&Outgoing {
+        let head = encode(&Outgoing {
             method: &Method::POST,
             path_and_query: "/p?q=1",
             headers: &headers,
@@ -821,7 +825,7 @@ mod tests {
             String::from_utf8(head).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-a: 1\r\ncontent-length: 3\r\n\r\n"
         );
-        let head = encode_head(&Outgoing {
+        let head = encode(&Outgoing {
             method: &Method::GET,
             path_and_query: "/",
             headers: &HeaderMap::new(),
@@ -833,7 +837,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("client.example"));
         let head = |host_override| {
-            encode_head(&Outgoing {
+            encode(&Outgoing {
                 method: &Method::GET,
                 path_and_query: "/",
                 headers: &headers,

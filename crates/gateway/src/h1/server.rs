@@ -87,6 +87,8 @@ pub(crate) async fn serve<T>(
         stop: &stop,
         buf: BytesMut::with_capacity(READ_BUF),
         out: Vec::with_capacity(1024),
+        lines: Vec::new(),
+        names: Vec::new(),
     };
     let exit = if state.refused() {
         // Over max_connections_per_ip: hyper's side answers it (hygiene).
@@ -119,6 +121,9 @@ struct Conn<'a, T> {
     buf: BytesMut,
     /// The response bytes not yet written.
     out: Vec<u8>,
+    /// The head's header lines (kept to reuse the allocation).
+    lines: Vec<HeaderAt>,
+    names: Vec<HeaderName>,
 }
 
 /// What the head at the start of the buffer asks for.
@@ -136,9 +141,11 @@ struct Head {
     body: usize,
     method: Method,
     path: (usize, usize),
-    headers: Vec<(usize, usize, usize, usize)>,
     close: bool,
 }
+
+/// Where one header line's name and value are in the buffer.
+type HeaderAt = (usize, usize, usize, usize);
 
 impl<T> Conn<'_, T>
 where
@@ -162,7 +169,7 @@ where
             let mut head_started = (!self.buf.is_empty()).then(Instant::now);
             let head = loop {
                 if !self.buf.is_empty() {
-                    match parse(&self.buf, edge.max_header_size) {
+                    match parse(&self.buf, edge.max_header_size, &mut self.lines) {
                         Parsed::Fast(h) => break h,
                         Parsed::HandOff => return Exit::HandOff(self.buf.split().freeze()),
                         Parsed::Partial => {}
@@ -234,9 +241,10 @@ where
     fn request(&mut self, head: &Head) -> Option<Request<ClientBody>> {
         // Names and values were checked by httparse; HeaderName and
         // HeaderValue check them again and may still refuse some.
-        let mut names = Vec::with_capacity(head.headers.len());
-        for &(no, nl, _, _) in &head.headers {
-            names.push(HeaderName::from_bytes(&self.buf[no..no + nl]).ok()?);
+        self.names.clear();
+        for &(no, nl, _, _) in &self.lines {
+            self.names
+                .push(HeaderName::from_bytes(&self.buf[no..no + nl]).ok()?);
         }
         // Values and the target share the head's buffer (no copies).
         let block = self.buf.split_to(head.len).freeze();
@@ -246,13 +254,22 @@ where
             return None;
         };
         // Room for the forwarding headers the proxy adds, without growing.
-        let mut headers = HeaderMap::with_capacity(head.headers.len() + 8);
-        for (name, &(_, _, vo, vl)) in names.into_iter().zip(&head.headers) {
-            let Ok(value) = HeaderValue::from_maybe_shared(block.slice(vo..vo + vl)) else {
-                self.put_back(&block);
-                return None;
-            };
-            headers.append(name, value);
+        let mut headers = HeaderMap::with_capacity(self.lines.len() + 8);
+        let mut bad_value = false;
+        for (name, &(_, _, vo, vl)) in self.names.drain(..).zip(&self.lines) {
+            match HeaderValue::from_maybe_shared(block.slice(vo..vo + vl)) {
+                Ok(value) => {
+                    headers.append(name, value);
+                }
+                Err(_) => {
+                    bad_value = true;
+                    break;
+                }
+            }
+        }
+        if bad_value {
+            self.put_back(&block);
+            return None;
         }
         let body = self.buf.split_to(head.body).freeze();
         let mut req = Request::new(ClientBody::Buffered(body));
@@ -471,7 +488,8 @@ fn deadline(from: Instant, timeout: Duration) -> Option<Instant> {
 }
 
 /// Parse the request head at the start of `buf` and decide who serves it.
-fn parse(buf: &[u8], max_head: usize) -> Parsed {
+/// `lines` receives where its header lines are.
+fn parse(buf: &[u8], max_head: usize, lines: &mut Vec<HeaderAt>) -> Parsed {
     let mut slots =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
@@ -498,7 +516,7 @@ fn parse(buf: &[u8], max_head: usize) -> Parsed {
     };
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| s.as_ptr() as usize - base;
-    let mut headers = Vec::with_capacity(req.headers.len());
+    lines.clear();
     let mut body: Option<usize> = None;
     let mut close = false;
     for h in req.headers.iter() {
@@ -523,7 +541,7 @@ fn parse(buf: &[u8], max_head: usize) -> Parsed {
                 }
             }
         }
-        headers.push((offset(name), name.len(), offset(h.value), h.value.len()));
+        lines.push((offset(name), name.len(), offset(h.value), h.value.len()));
     }
     let body = body.unwrap_or(0);
     if buf.len() < len + body {
@@ -536,7 +554,6 @@ fn parse(buf: &[u8], max_head: usize) -> Parsed {
         body,
         method,
         path: (offset(path.as_bytes()), path.len()),
-        headers,
         close,
     })
 }
@@ -647,34 +664,35 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 mod tests {
     use super::*;
 
-    fn fast(b: &[u8]) -> Head {
-        match parse(b, 64 * 1024) {
-            Parsed::Fast(h) => h,
+    fn fast(b: &[u8]) -> (Head, Vec<HeaderAt>) {
+        let mut lines = Vec::new();
+        match parse(b, 64 * 1024, &mut lines) {
+            Parsed::Fast(h) => (h, lines),
             Parsed::Partial => panic!("partial: {:?}", String::from_utf8_lossy(b)),
             Parsed::HandOff => panic!("handed off: {:?}", String::from_utf8_lossy(b)),
         }
     }
 
     fn handed_off(b: &[u8]) -> bool {
-        matches!(parse(b, 64 * 1024), Parsed::HandOff)
+        matches!(parse(b, 64 * 1024, &mut Vec::new()), Parsed::HandOff)
     }
 
     #[test]
     fn simple_requests_are_served_here() {
         let raw = b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Y: z\r\n\r\nGET /next";
-        let h = fast(raw);
+        let (h, lines) = fast(raw);
         assert_eq!(h.len, raw.len() - "GET /next".len());
         assert_eq!(h.body, 0);
         assert_eq!(&raw[h.path.0..h.path.0 + h.path.1], b"/a?b=1");
-        assert_eq!(h.headers.len(), 2);
-        let (no, nl, vo, vl) = h.headers[1];
+        assert_eq!(lines.len(), 2);
+        let (no, nl, vo, vl) = lines[1];
         assert_eq!(
             (&raw[no..no + nl], &raw[vo..vo + vl]),
             (&b"X-Y"[..], &b"z"[..])
         );
         assert!(!h.close);
 
-        let h = fast(b"POST /p HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
+        let (h, _) = fast(b"POST /p HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
         assert_eq!((h.body, h.close), (3, true));
         assert_eq!(h.method, Method::POST);
     }
@@ -682,7 +700,7 @@ mod tests {
     #[test]
     fn everything_else_goes_to_hyper() {
         assert!(matches!(
-            parse(b"GET / HTTP/1.1\r\nHost: x\r\n", 1024),
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\n", 1024, &mut Vec::new()),
             Parsed::Partial
         ));
         for raw in [
@@ -705,9 +723,13 @@ mod tests {
         }
         // Over max_header_size, complete or not.
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(200));
-        assert!(matches!(parse(big.as_bytes(), 100), Parsed::HandOff));
+        let mut lines = Vec::new();
         assert!(matches!(
-            parse(&big.as_bytes()[..150], 100),
+            parse(big.as_bytes(), 100, &mut lines),
+            Parsed::HandOff
+        ));
+        assert!(matches!(
+            parse(&big.as_bytes()[..150], 100, &mut lines),
             Parsed::HandOff
         ));
         // Too many header lines.
