@@ -241,17 +241,11 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-/// Observe one request around the proxy: `inner` routes and forwards it.
-pub(crate) async fn observe<F, Fut>(
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    req: Request<ClientBody>,
-    inner: F,
-) -> Response<ProxyBody>
-where
-    F: FnOnce(Arc<Shared>, SocketAddr, Request<ClientBody>, ObsRef) -> Fut,
-    Fut: std::future::Future<Output = Response<ProxyBody>>,
-{
+/// Begin observing a request, before it is routed; [`respond`] carries
+/// the observation on with the response. (Two plain functions rather than
+/// one around the proxy's future: that would nest the request future one
+/// level deeper, and it is moved whole at every level.)
+pub(crate) fn begin(shared: &Shared, peer: SocketAddr, req: &Request<ClientBody>) -> ObsRef {
     let log_cfg = shared.ops.config.load().access_log.clone();
     let log = (log_cfg.enabled && tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO))
         .then_some(log_cfg.format);
@@ -279,7 +273,13 @@ where
             ..State::default()
         }),
     });
-    let res = inner(shared, peer, req, ObsRef(obs.clone())).await;
+    ObsRef(obs)
+}
+
+/// The response of an observed request: the log line and metrics are
+/// written when its body ends (or is dropped).
+pub(crate) fn respond(obs: ObsRef, res: Response<ProxyBody>) -> Response<ProxyBody> {
+    let obs = obs.0;
     let sse = res
         .headers()
         .get(header::CONTENT_TYPE)

@@ -95,6 +95,24 @@ pub(crate) fn too_large(shared: &Shared, limit: u64) -> Response<ProxyBody> {
 pub(crate) async fn admit(
     shared: &Arc<Shared>,
     peer: SocketAddr,
+    req: Request<ClientBody>,
+) -> Result<Request<ClientBody>, Response<ProxyBody>> {
+    let req = check(shared, req)?;
+    let limiter = shared.edge.rate_limiter.load();
+    if limiter.is_empty() {
+        return Ok(req);
+    }
+    // Boxed: only requests under rate-limit rules carry the limiter's
+    // (Redis-capable) future; the others keep a small request future.
+    Box::pin(rate_limit(peer, req, arc_swap::Guard::into_inner(limiter))).await
+}
+
+/// The checks that need no waiting: connection state, framing, target
+/// form, path normalisation, declared body size.
+// The refusal is the response itself, as large as the request it replaces.
+#[allow(clippy::result_large_err)]
+fn check(
+    shared: &Arc<Shared>,
     mut req: Request<ClientBody>,
 ) -> Result<Request<ClientBody>, Response<ProxyBody>> {
     let conn = req.extensions().get::<ConnInfo>().cloned();
@@ -179,11 +197,14 @@ pub(crate) async fn admit(
             return Err(too_large(shared, max));
         }
     }
-    let limiter = shared.edge.rate_limiter.load();
-    if limiter.is_empty() {
-        return Ok(req);
-    }
-    let limiter = arc_swap::Guard::into_inner(limiter);
+    Ok(req)
+}
+
+async fn rate_limit(
+    peer: SocketAddr,
+    req: Request<ClientBody>,
+    limiter: Arc<crate::limits::RateLimiter>,
+) -> Result<Request<ClientBody>, Response<ProxyBody>> {
     if let Err(d) = limiter
         .check(peer.ip(), req.uri().path(), req.headers())
         .await

@@ -222,15 +222,9 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     req: Request<ClientBody>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    Ok(
-        crate::access_log::observe(shared, peer, req, |s, p, r, o| async move {
-            match handle_inner(s, p, r, o).await {
-                Ok(res) => res,
-                Err(never) => match never {},
-            }
-        })
-        .await,
-    )
+    let obs = crate::access_log::begin(&shared, peer, &req);
+    let Ok(res) = handle_inner(shared, peer, req, obs.clone()).await;
+    Ok(crate::access_log::respond(obs, res))
 }
 
 async fn handle_inner(
