@@ -226,6 +226,39 @@ pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// Attention scores of one query against keys stored transposed:
+/// `s[j] = Σ_i q[i] · kt[i * stride + j]` for `j < s.len()` (a multiple of 8).
+pub(crate) fn scores_t(q: &[f32], kt: &[f32], stride: usize, s: &mut [f32]) {
+    assert!(s.len() <= stride && q.len().saturating_sub(1) * stride + s.len() <= kt.len());
+    #[cfg(target_arch = "x86_64")]
+    if simd() && s.len().is_multiple_of(8) {
+        // SAFETY: features checked at run time; every read kt[i * stride + j]
+        // with i < q.len(), j < s.len() is in bounds (asserted above).
+        unsafe { x86::scores_t(q, kt.as_ptr(), stride, s) };
+        return;
+    }
+    s.fill(0.0);
+    for (i, qi) in q.iter().enumerate() {
+        axpy(s, *qi, &kt[i * stride..i * stride + s.len()]);
+    }
+}
+
+/// `out = Σ_j p[j] · v[j * out.len() ..][..out.len()]` (weighted sum of rows).
+pub(crate) fn weighted_rows(p: &[f32], v: &[f32], out: &mut [f32]) {
+    let hd = out.len();
+    assert!(p.len() * hd <= v.len());
+    #[cfg(target_arch = "x86_64")]
+    if simd() && hd == 64 {
+        // SAFETY: features checked at run time; v holds p.len() rows of 64.
+        unsafe { x86::weighted_rows64(p, v.as_ptr(), out) };
+        return;
+    }
+    out.fill(0.0);
+    for (j, w) in p.iter().enumerate() {
+        axpy(out, *w, &v[j * hd..(j + 1) * hd]);
+    }
+}
+
 /// `exp` of every value in place (for softmax and SiLU); within 2 ulp of
 /// `f32::exp` on the SIMD path.
 pub(crate) fn exp_in_place(v: &mut [f32]) {
@@ -414,6 +447,14 @@ mod x86 {
                 _mm256_loadu_ps(xp.add(24)),
             ];
             let xs = _mm_loadu_ps(xsum4.add(4 * b));
+            // The next group of rows (contiguous after these R rows), at the
+            // pace this group is read: keeps the memory stream going across
+            // 4 KiB pages, where hardware prefetchers stop (2x faster decoding
+            // measured). Past the end of the slice it is a harmless hint, so
+            // the address is computed with wrapping arithmetic.
+            let ahead = w.wrapping_add(R * n + b * R * Q4_1_BYTES);
+            _mm_prefetch(ahead as *const i8, _MM_HINT_T0);
+            _mm_prefetch(ahead.wrapping_add(64) as *const i8, _MM_HINT_T0);
             for r in 0..R {
                 let p = w.add(r * n + b * Q4_1_BYTES);
                 // [d, m, 0, 0] from the block's two f16 values.
@@ -487,6 +528,11 @@ mod x86 {
                 _mm256_loadu_ps(xp.add(16)),
                 _mm256_loadu_ps(xp.add(24)),
             ];
+            // Prefetch the next group of rows, as in q4_1_rows.
+            let ahead = w.wrapping_add(R * n + b * R * Q8_0_BYTES);
+            _mm_prefetch(ahead as *const i8, _MM_HINT_T0);
+            _mm_prefetch(ahead.wrapping_add(64) as *const i8, _MM_HINT_T0);
+            _mm_prefetch(ahead.wrapping_add(128) as *const i8, _MM_HINT_T0);
             for (r, total) in total.iter_mut().enumerate() {
                 let p = w.add(r * n + b * Q8_0_BYTES);
                 let d = _mm_cvtph_ps(_mm_set1_epi16((p as *const i16).read_unaligned()));
@@ -568,6 +614,58 @@ mod x86 {
                 out[i * n_tok + t] = dot(&panel[i * k..(i + 1) * k], xt);
             }
             t += 1;
+        }
+    }
+
+    /// See [`super::scores_t`]: blocks of 32 keys in four registers, one
+    /// broadcast of `q[i]` and four loads per row `i`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores_t(q: &[f32], kt: *const f32, stride: usize, s: &mut [f32]) {
+        let n = s.len();
+        let mut j = 0;
+        while j + 32 <= n {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (i, qi) in q.iter().enumerate() {
+                let qv = _mm256_set1_ps(*qi);
+                let k = kt.add(i * stride + j);
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add(8 * c)), *a);
+                }
+            }
+            for (c, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(s.as_mut_ptr().add(j + 8 * c), *a);
+            }
+            j += 32;
+        }
+        while j < n {
+            let mut acc = _mm256_setzero_ps();
+            for (i, qi) in q.iter().enumerate() {
+                acc = _mm256_fmadd_ps(
+                    _mm256_set1_ps(*qi),
+                    _mm256_loadu_ps(kt.add(i * stride + j)),
+                    acc,
+                );
+            }
+            _mm256_storeu_ps(s.as_mut_ptr().add(j), acc);
+            j += 8;
+        }
+    }
+
+    /// See [`super::weighted_rows`] for rows of 64: the output stays in
+    /// eight registers.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn weighted_rows64(p: &[f32], v: *const f32, out: &mut [f32]) {
+        assert!(out.len() == 64);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (j, w) in p.iter().enumerate() {
+            let wv = _mm256_set1_ps(*w);
+            let row = v.add(j * 64);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(row.add(8 * c)), *a);
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * c), *a);
         }
     }
 
@@ -722,6 +820,29 @@ mod tests {
                         "{got} vs {want}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn attention_kernels_match_plain_loops() {
+        let mut seed = 3;
+        let (hd, stride) = (64, 48);
+        let q = rand_f32(&mut seed, hd, 1.0);
+        let kt = rand_f32(&mut seed, hd * stride, 1.0);
+        for n in [8, 40, 48] {
+            let mut s = vec![0f32; n];
+            scores_t(&q, &kt, stride, &mut s);
+            for (j, got) in s.iter().enumerate() {
+                let want: f32 = (0..hd).map(|i| q[i] * kt[i * stride + j]).sum();
+                assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+            }
+            let v = rand_f32(&mut seed, n * hd, 1.0);
+            let mut out = vec![0f32; hd];
+            weighted_rows(&s, &v, &mut out);
+            for (c, got) in out.iter().enumerate() {
+                let want: f32 = (0..n).map(|j| s[j] * v[j * hd + c]).sum();
+                assert!((got - want).abs() < 1e-3, "{got} vs {want}");
             }
         }
     }

@@ -498,20 +498,14 @@ impl Session {
         let padded = len.next_multiple_of(8);
         s.clear();
         s.resize(padded, 0.0);
-        for (i, qi) in q.iter().enumerate() {
-            let k = &self.kt[base + i * cap..base + i * cap + padded];
-            kernels::axpy(s, *qi, k);
-        }
+        kernels::scores_t(q, &self.kt[base..base + hd * cap], cap, s);
         s.truncate(len);
         let scale = 1.0 / (hd as f32).sqrt();
         for v in s.iter_mut() {
             *v *= scale;
         }
         softmax(s);
-        out.fill(0.0);
-        for (j, w) in s.iter().enumerate() {
-            kernels::axpy(out, *w, &self.v[base + j * hd..base + (j + 1) * hd]);
-        }
+        kernels::weighted_rows(s, &self.v[base..base + len * hd], out);
     }
 }
 
