@@ -83,6 +83,22 @@ impl Matrix {
     /// Row `r` as f32 into `out` (`cols` long): exactly candle's dequantisation.
     pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
         let n = self.row_len();
+        #[cfg(target_arch = "x86_64")]
+        if simd() {
+            match &self.data {
+                Data::Q4_1(b) => {
+                    // SAFETY: features checked at run time; lengths asserted inside.
+                    unsafe { x86::dequant_q4_1(&b[r * n..(r + 1) * n], &mut out[..self.cols]) };
+                    return;
+                }
+                Data::Q8_0(b) => {
+                    // SAFETY: as above.
+                    unsafe { x86::dequant_q8_0(&b[r * n..(r + 1) * n], &mut out[..self.cols]) };
+                    return;
+                }
+                Data::F32(_) => {}
+            }
+        }
         match &self.data {
             Data::Q4_1(b) => {
                 for (blk, o) in b[r * n..(r + 1) * n]
@@ -155,30 +171,20 @@ impl Matrix {
         }
     }
 
-    /// Several inputs at once (prompt processing): `out[r][t] =
-    /// W[rows.start + r] · xs[t]` for `t < n_tok`, `xs` row-major (`n_tok` × `cols`),
-    /// `out` row-major (`rows.len()` × `n_tok`). The weight rows are expanded
-    /// to f32 four at a time into `panel` (≥ 4 × `cols`) and reused for every
-    /// input.
-    pub fn matmul(
-        &self,
-        xs: &[f32],
-        n_tok: usize,
-        rows: Range<usize>,
-        panel: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let k = self.cols;
-        debug_assert_eq!(xs.len(), n_tok * k);
-        debug_assert_eq!(out.len(), rows.len() * n_tok);
-        let mut r = rows.start;
-        while r < rows.end {
-            let nr = (rows.end - r).min(4);
+    /// Several inputs at once (prompt processing): `out[t * rows + r] =
+    /// W[r] · xs[t]` for every row `r` and `t < n_tok`, `xs` row-major
+    /// (`n_tok` × `cols`). The weight rows are expanded to f32 four at a time
+    /// into `panel` (≥ 4 × `cols`) and reused for every input.
+    pub fn matmul(&self, xs: &[f32], n_tok: usize, panel: &mut [f32], out: &mut [f32]) {
+        let (k, rows) = (self.cols, self.rows);
+        assert!(xs.len() == n_tok * k && out.len() == n_tok * rows && panel.len() >= 4 * k);
+        let mut r = 0;
+        while r < rows {
+            let nr = (rows - r).min(4);
             for i in 0..nr {
                 self.dequant_row(r + i, &mut panel[i * k..(i + 1) * k]);
             }
-            let o = &mut out[(r - rows.start) * n_tok..(r - rows.start + nr) * n_tok];
-            panel_matmul(&panel[..nr * k], nr, k, xs, n_tok, o);
+            panel_matmul(&panel[..nr * k], nr, k, xs, n_tok, &mut out[r..], rows);
             r += nr;
         }
     }
@@ -193,18 +199,27 @@ pub(crate) fn block_sums(x: &[f32], out: &mut Vec<f32>) {
     }
 }
 
-/// `out[i][t] = panel[i] · xs[t]` for `nr` ≤ 4 dense rows of length `k`.
-fn panel_matmul(panel: &[f32], nr: usize, k: usize, xs: &[f32], n_tok: usize, out: &mut [f32]) {
+/// `out[t * stride + i] = panel[i] · xs[t]` for `nr` ≤ 4 dense rows of
+/// length `k`.
+fn panel_matmul(
+    panel: &[f32],
+    nr: usize,
+    k: usize,
+    xs: &[f32],
+    n_tok: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
     #[cfg(target_arch = "x86_64")]
     if simd() && nr == 4 && k.is_multiple_of(8) {
         // SAFETY: features checked at run time; lengths asserted inside.
-        unsafe { x86::panel4_matmul(panel, k, xs, n_tok, out) };
+        unsafe { x86::panel4_matmul(panel, k, xs, n_tok, out, stride) };
         return;
     }
     for i in 0..nr {
         let row = &panel[i * k..(i + 1) * k];
         for t in 0..n_tok {
-            out[i * n_tok + t] = dot(row, &xs[t * k..(t + 1) * k]);
+            out[t * stride + i] = dot(row, &xs[t * k..(t + 1) * k]);
         }
     }
 }
@@ -564,7 +579,8 @@ mod x86 {
     }
 
     /// 4 dense rows (`panel`, 4 × `k`) against `n_tok` inputs (`xs`,
-    /// `n_tok` × `k`): `out[i * n_tok + t]`. Register tile: 4 rows × 3 inputs.
+    /// `n_tok` × `k`): `out[t * stride + i]`. Register tile: 4 rows × 3
+    /// inputs.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn panel4_matmul(
         panel: &[f32],
@@ -572,9 +588,10 @@ mod x86 {
         xs: &[f32],
         n_tok: usize,
         out: &mut [f32],
+        stride: usize,
     ) {
         assert!(k.is_multiple_of(8) && panel.len() >= 4 * k && xs.len() >= n_tok * k);
-        assert!(out.len() >= 4 * n_tok);
+        assert!(n_tok == 0 || out.len() >= (n_tok - 1) * stride + 4);
         let w = panel.as_ptr();
         let x = xs.as_ptr();
         let mut t = 0;
@@ -603,7 +620,7 @@ mod x86 {
             }
             for (i, row) in acc.iter().enumerate() {
                 for (c, a) in row.iter().enumerate() {
-                    out[i * n_tok + t + c] = hsum(*a);
+                    out[(t + c) * stride + i] = hsum(*a);
                 }
             }
             t += 3;
@@ -611,9 +628,56 @@ mod x86 {
         while t < n_tok {
             let xt = &xs[t * k..(t + 1) * k];
             for i in 0..4 {
-                out[i * n_tok + t] = dot(&panel[i * k..(i + 1) * k], xt);
+                out[t * stride + i] = dot(&panel[i * k..(i + 1) * k], xt);
             }
             t += 1;
+        }
+    }
+
+    /// Q4_1 blocks to f32 (`d · q + m`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dequant_q4_1(blocks: &[u8], out: &mut [f32]) {
+        assert!(blocks.len() / Q4_1_BYTES * QK == out.len());
+        let mask = _mm256_set1_epi32(0xF);
+        for (b, blk) in blocks.chunks_exact(Q4_1_BYTES).enumerate() {
+            let p = blk.as_ptr();
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
+            let d = _mm256_broadcastss_ps(dm);
+            let m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+            let a = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(4) as *const __m128i));
+            let c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(12) as *const __m128i));
+            let o = out.as_mut_ptr().add(b * QK);
+            _mm256_storeu_ps(
+                o,
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(a, mask)), d, m),
+            );
+            _mm256_storeu_ps(
+                o.add(8),
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(c, mask)), d, m),
+            );
+            _mm256_storeu_ps(
+                o.add(16),
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(a, 4)), d, m),
+            );
+            _mm256_storeu_ps(
+                o.add(24),
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(c, 4)), d, m),
+            );
+        }
+    }
+
+    /// Q8_0 blocks to f32 (`d · q`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dequant_q8_0(blocks: &[u8], out: &mut [f32]) {
+        assert!(blocks.len() / Q8_0_BYTES * QK == out.len());
+        for (b, blk) in blocks.chunks_exact(Q8_0_BYTES).enumerate() {
+            let p = blk.as_ptr();
+            let d = _mm_cvtph_ps(_mm_set1_epi16((p as *const i16).read_unaligned()));
+            let d = _mm256_set_m128(d, d);
+            let o = out.as_mut_ptr().add(b * QK);
+            for c in 0..4 {
+                _mm256_storeu_ps(o.add(8 * c), _mm256_mul_ps(i8x8(p.add(2 + 8 * c)), d));
+            }
         }
     }
 
@@ -810,11 +874,11 @@ mod tests {
                 .collect();
             let mut panel = vec![0f32; 4 * cols];
             let mut mm = vec![0f32; rows * n_tok];
-            m.matmul(&xs, n_tok, 0..rows, &mut panel, &mut mm);
+            m.matmul(&xs, n_tok, &mut panel, &mut mm);
             for r in 0..rows {
                 for t in 0..n_tok {
                     let want = reference[r] * (t as f64 + 1.0);
-                    let got = mm[r * n_tok + t] as f64;
+                    let got = mm[t * rows + r] as f64;
                     assert!(
                         (got - want).abs() < 1e-4 * (1.0 + want.abs()),
                         "{got} vs {want}"

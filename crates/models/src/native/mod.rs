@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use kernels::{block_sums, rms_norm, silu_mul, softmax, Data, Matrix, QK};
 
 /// Tokens of a prompt processed per pass.
-pub(crate) const CHUNK: usize = 64;
+pub(crate) const CHUNK: usize = 128;
 
 /// Hyper-parameters read from the GGUF metadata.
 #[derive(Debug, Clone)]
@@ -318,21 +318,19 @@ fn linear(w: &Matrix, xs: &[f32], n_tok: usize) -> Vec<f32> {
         });
         return out;
     }
-    // Rows × tokens per chunk of rows, then transposed to tokens × rows.
-    let mut rt = vec![0f32; w.rows * n_tok];
-    rt.par_chunks_mut(chunk * n_tok)
+    // Groups of tokens over the pool, each against every row (each task
+    // expands the weights itself; cheap next to the multiplications), so
+    // that every task writes whole output rows.
+    let per = n_tok.div_ceil(threads * 2).max(8);
+    let mut out = vec![0f32; n_tok * w.rows];
+    let k = w.cols;
+    out.par_chunks_mut(per * w.rows)
         .enumerate()
         .for_each(|(i, o)| {
-            let r0 = i * chunk;
-            let mut panel = vec![0f32; 4 * w.cols];
-            w.matmul(xs, n_tok, r0..r0 + o.len() / n_tok, &mut panel, o);
+            let nt = o.len() / w.rows;
+            let mut panel = vec![0f32; 4 * k];
+            w.matmul(&xs[i * per * k..(i * per + nt) * k], nt, &mut panel, o);
         });
-    let mut out = vec![0f32; n_tok * w.rows];
-    for (r, row) in rt.chunks_exact(n_tok).enumerate() {
-        for (t, v) in row.iter().enumerate() {
-            out[t * w.rows + r] = *v;
-        }
-    }
     out
 }
 
