@@ -241,20 +241,27 @@ pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
-/// Attention scores of one query against keys stored transposed:
-/// `s[j] = Σ_i q[i] · kt[i * stride + j]` for `j < s.len()` (a multiple of 8).
-pub(crate) fn scores_t(q: &[f32], kt: &[f32], stride: usize, s: &mut [f32]) {
-    assert!(s.len() <= stride && q.len().saturating_sub(1) * stride + s.len() <= kt.len());
+/// Attention scores of one query against keys stored in tiles of 8
+/// positions (`[tile][i][8]`, `q.len()` × 8 values per tile):
+/// `s[8t + c] = Σ_i q[i] · kt[(t · q.len() + i) · 8 + c]` for `8t + c <
+/// s.len()` (a multiple of 8). Tiles are contiguous, so the keys stream
+/// from memory in order.
+pub(crate) fn scores_tiled(q: &[f32], kt: &[f32], s: &mut [f32]) {
+    let hd = q.len();
+    assert!(s.len().is_multiple_of(8) && s.len() * hd <= kt.len());
     #[cfg(target_arch = "x86_64")]
-    if simd() && s.len().is_multiple_of(8) {
-        // SAFETY: features checked at run time; every read kt[i * stride + j]
-        // with i < q.len(), j < s.len() is in bounds (asserted above).
-        unsafe { x86::scores_t(q, kt.as_ptr(), stride, s) };
+    if simd() {
+        // SAFETY: features checked at run time; s.len() / 8 tiles of hd × 8
+        // values are in bounds (asserted above).
+        unsafe { x86::scores_tiled(q, kt.as_ptr(), s) };
         return;
     }
-    s.fill(0.0);
-    for (i, qi) in q.iter().enumerate() {
-        axpy(s, *qi, &kt[i * stride..i * stride + s.len()]);
+    for (t, st) in s.chunks_exact_mut(8).enumerate() {
+        st.fill(0.0);
+        let tile = &kt[t * hd * 8..(t + 1) * hd * 8];
+        for (i, qi) in q.iter().enumerate() {
+            axpy(st, *qi, &tile[i * 8..i * 8 + 8]);
+        }
     }
 }
 
@@ -681,37 +688,35 @@ mod x86 {
         }
     }
 
-    /// See [`super::scores_t`]: blocks of 32 keys in four registers, one
-    /// broadcast of `q[i]` and four loads per row `i`.
+    /// See [`super::scores_tiled`]: four tiles (32 keys) at a time in four
+    /// registers, one broadcast of `q[i]` per row.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scores_t(q: &[f32], kt: *const f32, stride: usize, s: &mut [f32]) {
-        let n = s.len();
-        let mut j = 0;
-        while j + 32 <= n {
+    pub unsafe fn scores_tiled(q: &[f32], kt: *const f32, s: &mut [f32]) {
+        let hd = q.len();
+        let tiles = s.len() / 8;
+        let mut t = 0;
+        while t + 4 <= tiles {
             let mut acc = [_mm256_setzero_ps(); 4];
+            let base = kt.add(t * hd * 8);
             for (i, qi) in q.iter().enumerate() {
                 let qv = _mm256_set1_ps(*qi);
-                let k = kt.add(i * stride + j);
                 for (c, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add(8 * c)), *a);
+                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(base.add((c * hd + i) * 8)), *a);
                 }
             }
             for (c, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(s.as_mut_ptr().add(j + 8 * c), *a);
+                _mm256_storeu_ps(s.as_mut_ptr().add((t + c) * 8), *a);
             }
-            j += 32;
+            t += 4;
         }
-        while j < n {
+        while t < tiles {
             let mut acc = _mm256_setzero_ps();
+            let base = kt.add(t * hd * 8);
             for (i, qi) in q.iter().enumerate() {
-                acc = _mm256_fmadd_ps(
-                    _mm256_set1_ps(*qi),
-                    _mm256_loadu_ps(kt.add(i * stride + j)),
-                    acc,
-                );
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(*qi), _mm256_loadu_ps(base.add(i * 8)), acc);
             }
-            _mm256_storeu_ps(s.as_mut_ptr().add(j), acc);
-            j += 8;
+            _mm256_storeu_ps(s.as_mut_ptr().add(t * 8), acc);
+            t += 1;
         }
     }
 
@@ -891,14 +896,16 @@ mod tests {
     #[test]
     fn attention_kernels_match_plain_loops() {
         let mut seed = 3;
-        let (hd, stride) = (64, 48);
+        let (hd, cap) = (64, 48);
         let q = rand_f32(&mut seed, hd, 1.0);
-        let kt = rand_f32(&mut seed, hd * stride, 1.0);
+        let kt = rand_f32(&mut seed, hd * cap, 1.0);
         for n in [8, 40, 48] {
             let mut s = vec![0f32; n];
-            scores_t(&q, &kt, stride, &mut s);
+            scores_tiled(&q, &kt, &mut s);
             for (j, got) in s.iter().enumerate() {
-                let want: f32 = (0..hd).map(|i| q[i] * kt[i * stride + j]).sum();
+                let want: f32 = (0..hd)
+                    .map(|i| q[i] * kt[((j / 8) * hd + i) * 8 + j % 8])
+                    .sum();
                 assert!((got - want).abs() < 1e-4, "{got} vs {want}");
             }
             let v = rand_f32(&mut seed, n * hd, 1.0);

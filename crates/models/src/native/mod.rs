@@ -13,8 +13,9 @@
 //! - Prompt processing: chunks of [`CHUNK`] tokens; each group of four weight
 //!   rows is expanded to f32 once and multiplied with every token of the chunk
 //!   (a register-tiled matrix × matrix kernel).
-//! - KV cache: preallocated per generation (prompt + answer), K stored
-//!   transposed so that attention scores are a sequence of AXPYs.
+//! - KV cache: preallocated per generation (prompt + answer), f32 like the
+//!   reference; K in tiles of 8 positions × head_dim so that scores stream
+//!   through memory in order with the outputs in registers.
 pub(crate) mod kernels;
 
 pub(crate) use kernels::simd;
@@ -343,7 +344,7 @@ pub(crate) struct Session {
     limit: usize,
     /// Tokens in the cache.
     pos: usize,
-    /// Keys, transposed: `[layer][kv_head][head_dim][cap]`.
+    /// Keys in tiles of 8 positions: `[layer][kv_head][cap / 8][head_dim][8]`.
     kt: Vec<f32>,
     /// Values: `[layer][kv_head][cap][head_dim]`.
     v: Vec<f32>,
@@ -454,8 +455,9 @@ impl Session {
         let (hd, cap) = (c.head_dim, self.cap);
         for g in 0..c.n_kv_heads {
             let base = (l * c.n_kv_heads + g) * hd * cap;
+            let tile = base + (p / 8) * hd * 8 + p % 8;
             for i in 0..hd {
-                self.kt[base + i * cap + p] = k[g * hd + i];
+                self.kt[tile + i * 8] = k[g * hd + i];
             }
             self.v[base + p * hd..base + (p + 1) * hd].copy_from_slice(&v[g * hd..(g + 1) * hd]);
         }
@@ -496,7 +498,7 @@ impl Session {
         let padded = len.next_multiple_of(8);
         s.clear();
         s.resize(padded, 0.0);
-        kernels::scores_t(q, &self.kt[base..base + hd * cap], cap, s);
+        kernels::scores_tiled(q, &self.kt[base..base + hd * padded], s);
         s.truncate(len);
         let scale = 1.0 / (hd as f32).sqrt();
         for v in s.iter_mut() {
