@@ -9,9 +9,13 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 models="${RAGFLEET_MODELS:-$root/models}"
 profile="${BENCH_PROFILE:-release}"
 cd "$root"
-# --workspace: the workspace feature resolution (what the ragfleet binary runs).
+# --workspace: the workspace feature resolution (what the ragfleet binary runs);
+# BENCH_SCOPE=package builds ragfleet-models alone (much less to compile on a
+# busy machine; same code on these paths).
 # BENCH_FEATURES, e.g. ragfleet-models/avx512-matmul (see its Cargo.toml).
-cargo build -q --profile "$profile" --workspace --example llama_bench ${BENCH_FEATURES:+--features "$BENCH_FEATURES"}
+scope="--workspace"
+[ "${BENCH_SCOPE:-workspace}" = package ] && scope="-p ragfleet-models"
+cargo build -q --profile "$profile" $scope --example llama_bench ${BENCH_FEATURES:+--features "$BENCH_FEATURES"}
 dir="$([ "$profile" = dev ] && echo debug || echo "$profile")"
 exe="${CARGO_TARGET_DIR:-$root/target}/$dir/examples/llama_bench"
 echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
