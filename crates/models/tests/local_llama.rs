@@ -372,3 +372,35 @@ fn native_logits_match_the_f32_reference() {
         assert!(max_diff <= TOL, "max logit difference {max_diff} > {TOL}");
     }
 }
+
+/// Whole greedy answers through `generate` (prefill, decode steps, stop
+/// tokens, text assembly) on the native path are exactly the f32
+/// reference's.
+#[tokio::test]
+async fn native_greedy_answers_equal_the_f32_reference() {
+    let native = llama();
+    let reference = LocalLlama::load(
+        common::smollm2_path(),
+        LocalLlamaOptions {
+            weights: WeightFormat::F32,
+            ..Default::default()
+        },
+    )
+    .expect("load f32");
+    let params = GenParams {
+        max_tokens: 40,
+        ..GenParams::default()
+    };
+    for q in [
+        "What is the capital of France?",
+        "Count from 1 to 20, separated by commas.",
+        "Write a short poem about the sea.",
+        "Explain in two sentences why the sky is blue.",
+    ] {
+        let ours = collect(native, request(q, params.clone())).await.concat();
+        let theirs = collect(&reference, request(q, params.clone()))
+            .await
+            .concat();
+        assert_eq!(ours, theirs, "greedy answers to {q:?} differ");
+    }
+}

@@ -380,6 +380,9 @@ pub(crate) mod scalar {
     }
 }
 
+/// AVX2/FMA/F16C kernels. Safety contract of every function here: the CPU
+/// has the features it enables (callers check [`simd`] first), and raw
+/// pointers cover the lengths that the safe wrappers above assert.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;

@@ -193,11 +193,13 @@ impl NativeModel {
         let rope_dim = md_u32(ct, "llama.rope.dimension_count").unwrap_or(head_dim);
         if rope_dim != head_dim || !head_dim.is_multiple_of(2) {
             return Err(err(format!(
-                "partial rotary embedding ({rope_dim} of {head_dim}) is not supported"
+                "partial rotary embedding ({rope_dim} of {head_dim}) is not supported by the native forward (use weights = \"f32\")"
             )));
         }
-        if ct.metadata.contains_key("llama.expert_count") {
-            return Err(err("mixture-of-experts llama models are not supported"));
+        if md_u32(ct, "llama.expert_count").unwrap_or(0) > 1 {
+            return Err(err(
+                "mixture-of-experts models are not supported by the native forward (use weights = \"f32\")",
+            ));
         }
         let embed = load_matrix(ct, bytes, "token_embd.weight")?;
         let cfg = Config {
