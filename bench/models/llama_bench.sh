@@ -2,16 +2,21 @@
 # Local generation speed of SmolLM2-135M-Instruct: time to first token and
 # decode tokens/s for each weight layout, side by side in one run.
 # Usage: bench/models/llama_bench.sh [FORMATS] [TOKENS] [RUNS]
-#   FORMATS default "f32,q8_0,q4_0,as_file"; BENCH_PROFILE=dev|release (default release).
+#   FORMATS default "native,f32,as_file,q8_0" (ratios are to the first one);
+#   BENCH_PROFILE=dev|release (default release).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 models="${RAGFLEET_MODELS:-$root/models}"
 profile="${BENCH_PROFILE:-release}"
 cd "$root"
-# --workspace: the workspace feature resolution (what the ragfleet binary runs).
+# --workspace: the workspace feature resolution (what the ragfleet binary runs);
+# BENCH_SCOPE=package builds ragfleet-models alone (much less to compile on a
+# busy machine; same code on these paths).
 # BENCH_FEATURES, e.g. ragfleet-models/avx512-matmul (see its Cargo.toml).
-cargo build -q --profile "$profile" --workspace --example llama_bench ${BENCH_FEATURES:+--features "$BENCH_FEATURES"}
+scope="--workspace"
+[ "${BENCH_SCOPE:-workspace}" = package ] && scope="-p ragfleet-models"
+cargo build -q --profile "$profile" $scope --example llama_bench ${BENCH_FEATURES:+--features "$BENCH_FEATURES"}
 dir="$([ "$profile" = dev ] && echo debug || echo "$profile")"
 exe="${CARGO_TARGET_DIR:-$root/target}/$dir/examples/llama_bench"
 echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-"$exe" "$models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "${1:-f32,q8_0,q4_0,as_file}" "${2:-128}" "${3:-3}"
+"$exe" "$models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "${1:-native,f32,as_file,q8_0}" "${2:-128}" "${3:-3}"

@@ -59,7 +59,7 @@ pub enum GeneratorConfig {
         /// GGUF file; relative paths are resolved against the models directory.
         #[serde(default = "default_gguf")]
         gguf: PathBuf,
-        /// `q8_0` (default), `q4_0`, `as_file`, `f32`.
+        /// `native` (default), `f32`, `q8_0`, `q4_0`, `as_file`.
         #[serde(default)]
         weights: WeightFormat,
         #[serde(default = "default_concurrent")]
@@ -187,6 +187,31 @@ mod tests {
         let err = toml::from_str::<GeneratorConfig>("kind = \"local\"\nwieghts = \"q8_0\"")
             .expect_err("unknown key");
         assert!(err.to_string().contains("wieghts"), "{err}");
+        // The default layout is the native forward; unknown values are named.
+        let g: GeneratorConfig = toml::from_str("kind = \"local\"").expect("local defaults");
+        assert_eq!(g, GeneratorConfig::default());
+        assert!(matches!(
+            g,
+            GeneratorConfig::Local {
+                weights: WeightFormat::Native,
+                ..
+            }
+        ));
+        let g: GeneratorConfig =
+            toml::from_str("kind = \"local\"\nweights = \"native\"").expect("native");
+        assert!(matches!(
+            g,
+            GeneratorConfig::Local {
+                weights: WeightFormat::Native,
+                ..
+            }
+        ));
+        let err = toml::from_str::<GeneratorConfig>("kind = \"local\"\nweights = \"q4_1\"")
+            .expect_err("unknown value");
+        assert!(
+            err.to_string().contains("q4_1") && err.to_string().contains("native"),
+            "{err}"
+        );
         let err = toml::from_str::<EmbedderConfig>(
             "kind = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\nbatch = 3",
         )

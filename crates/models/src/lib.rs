@@ -8,6 +8,7 @@
 pub mod bert;
 pub mod gguf_tokenizer;
 pub mod llama;
+mod native;
 pub mod openai;
 pub mod text_stream;
 mod util;

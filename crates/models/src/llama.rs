@@ -3,13 +3,14 @@
 //!
 //! - Tokenizer and chat template come from the GGUF file itself
 //!   ([`crate::gguf_tokenizer`]); the template is rendered with minijinja.
-//! - Weights are optionally re-quantised at load ([`WeightFormat`]) into a
-//!   layout candle has faster kernels for.
-//! - Concurrency: the weights are loaded once and shared read-only (candle
-//!   tensors are reference-counted); each generation clones the model handle,
-//!   which gives it its own KV cache. At most
-//!   [`LocalLlamaOptions::max_concurrent`] generations run at once (candle's
-//!   matmuls already use every core); the others wait their turn.
+//! - Weights ([`WeightFormat`]): by default ragfleet's own forward pass over
+//!   the file's quantized blocks with f32 activations ([`crate::native`]);
+//!   optionally candle's `quantized_llama`, re-quantised at load.
+//! - Concurrency: the weights are loaded once and shared read-only; each
+//!   generation gets its own KV cache (a native session, or a clone of
+//!   candle's model handle). At most [`LocalLlamaOptions::max_concurrent`]
+//!   generations run at once (one already uses every core); the others wait
+//!   their turn.
 //! - Each generation runs on its own OS thread and sends text deltas through a
 //!   bounded channel; dropping the stream closes the channel, which the
 //!   thread notices before the next token and stops.
@@ -30,29 +31,37 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::gguf_tokenizer::GgufTokenizer;
+use crate::native::{self, NativeModel};
 use crate::text_stream::{StopMatcher, Utf8Stream};
 use crate::util::{file_sha256, model_err, read_file};
 
 /// How the weights are held in memory for inference.
 ///
-/// candle's quantized matmuls quantize their *input* activations to 8 bits
-/// per block of 32 values and, in a default build (no `-C target-cpu`), run
-/// scalar kernels; its dense f32 matmuls go through gemm, which picks
-/// AVX2/AVX-512 at run time. For SmolLM2-135M, f32 is both the only layout
-/// that keeps greedy answers intact everywhere and the fastest one measured
-/// (bench/models/llama_bench.sh), hence the default.
+/// `native` (the default) runs ragfleet's own forward pass
+/// ([`crate::native`]): the file's quantized blocks as they are, f32
+/// activations, AVX2/FMA kernels chosen at run time (scalar elsewhere). The
+/// other layouts run candle's `quantized_llama`. candle's quantized matmuls
+/// quantize their *input* activations to 8 bits per block of 32, which spoils
+/// SmolLM2's answers unless `ffn_down` stays f32; its f32 layout is exact but
+/// reads ~540 MB of weights per token (bench/models/llama_bench.sh).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WeightFormat {
-    /// As stored in the file (SmolLM2: Q4_1). Degrades SmolLM2's answers badly.
-    AsFile,
-    /// Q8_0 at load, except `ffn_down` kept f32 (its outlier-heavy input
-    /// breaks 8-bit activation quantization). Half the memory of f32.
-    Q8_0,
-    /// Q4_0 at load, `ffn_down` kept f32 like Q8_0.
-    Q4_0,
-    /// Dequantised to f32: dense matmuls through gemm.
+    /// ragfleet's forward pass over the file's own blocks (Q4_1, Q8_0; other
+    /// types dequantised to f32 at load) with f32 activations: the f32
+    /// answers at about 1/6 of the memory traffic.
     #[default]
+    Native,
+    /// candle, weights as stored in the file (SmolLM2: Q4_1). Degrades
+    /// SmolLM2's answers badly.
+    AsFile,
+    /// candle, Q8_0 at load, except `ffn_down` kept f32 (its outlier-heavy
+    /// input breaks 8-bit activation quantization). Half the memory of f32.
+    Q8_0,
+    /// candle, Q4_0 at load, `ffn_down` kept f32 like Q8_0.
+    Q4_0,
+    /// candle, dequantised to f32: dense matmuls through gemm. The reference
+    /// the native path is tested against.
     F32,
 }
 
@@ -84,9 +93,45 @@ pub struct LocalLlama {
     shared: Arc<Shared>,
 }
 
+/// The loaded weights.
+enum Engine {
+    /// candle's model with an empty KV cache; cloned per generation.
+    Candle(Box<ModelWeights>),
+    /// ragfleet's forward; each generation opens a [`native::Session`].
+    Native(Arc<NativeModel>),
+}
+
+/// One generation's model state: logits for the next token after feeding
+/// tokens at a position.
+enum Runner {
+    Candle(Box<ModelWeights>),
+    Native(native::Session),
+}
+
+impl Runner {
+    /// Feed `tokens` (positions `pos..`); logits (1-D) after the last one.
+    fn step(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor> {
+        let err = |e: candle_core::Error| RagError::Model(e.to_string());
+        match self {
+            Runner::Candle(m) => {
+                let input = Tensor::new(tokens, &Device::Cpu)
+                    .and_then(|t| t.unsqueeze(0))
+                    .map_err(err)?;
+                m.forward(&input, pos)
+                    .and_then(|l| l.squeeze(0))
+                    .map_err(err)
+            }
+            Runner::Native(s) => {
+                let logits = s.forward(tokens)?;
+                let n = logits.len();
+                Tensor::from_vec(logits, n, &Device::Cpu).map_err(err)
+            }
+        }
+    }
+}
+
 struct Shared {
-    /// The loaded weights with an empty KV cache; cloned per generation.
-    model: ModelWeights,
+    engine: Engine,
     tok: GgufTokenizer,
     template: minijinja::Environment<'static>,
     /// Token ids that end the answer (EOS, `<|im_end|>`, `<|endoftext|>`).
@@ -166,34 +211,43 @@ impl LocalLlama {
             ));
         }
         let tok = GgufTokenizer::from_gguf(&ct, path)?;
-        let device = Device::Cpu;
-        let model = match opts.weights {
-            WeightFormat::AsFile => ModelWeights::from_gguf(ct, &mut cursor, &device),
-            other => requantize(&ct, &mut cursor, other, &device).and_then(|buf| {
-                let mut c = std::io::Cursor::new(buf);
-                let ct2 = Content::read(&mut c)?;
-                ModelWeights::from_gguf(ct2, &mut c, &device)
-            }),
-        }
-        .map_err(|e| model_err(path, format!("loading weights: {e}")))?;
-
-        let model_ctx = {
-            let mut c = std::io::Cursor::new(&bytes);
-            Content::read(&mut c)
-                .ok()
-                .and_then(|ct| {
-                    ct.metadata
-                        .get("llama.context_length")
-                        .and_then(|v| v.to_u32().ok())
-                })
-                .map(|v| v as usize)
-                .unwrap_or(2048)
-        };
+        let model_ctx = ct
+            .metadata
+            .get("llama.context_length")
+            .and_then(|v| v.to_u32().ok())
+            .map(|v| v as usize)
+            .unwrap_or(2048);
         let context = opts
             .context_tokens
             .unwrap_or(model_ctx)
             .min(model_ctx)
             .min(MAX_SEQ_LEN);
+
+        let device = Device::Cpu;
+        let engine = match opts.weights {
+            WeightFormat::Native => {
+                let m = NativeModel::load(&ct, &bytes, context)
+                    .map_err(|e| model_err(path, format!("loading weights: {e}")))?;
+                tracing::info!(
+                    model = %path.display(),
+                    weight_mb = m.weight_bytes() / 1_000_000,
+                    simd = native::simd(),
+                    "native llama forward: weights read per token"
+                );
+                Engine::Native(Arc::new(m))
+            }
+            WeightFormat::AsFile => ModelWeights::from_gguf(ct, &mut cursor, &device)
+                .map(|m| Engine::Candle(Box::new(m)))
+                .map_err(|e| model_err(path, format!("loading weights: {e}")))?,
+            other => requantize(&ct, &mut cursor, other, &device)
+                .and_then(|buf| {
+                    let mut c = std::io::Cursor::new(buf);
+                    let ct2 = Content::read(&mut c)?;
+                    ModelWeights::from_gguf(ct2, &mut c, &device)
+                })
+                .map(|m| Engine::Candle(Box::new(m)))
+                .map_err(|e| model_err(path, format!("loading weights: {e}")))?,
+        };
 
         let mut template = minijinja::Environment::new();
         let source = tok
@@ -218,7 +272,7 @@ impl LocalLlama {
             .unwrap_or_else(|| "gguf".to_string());
         Ok(Self {
             shared: Arc::new(Shared {
-                model,
+                engine,
                 tok,
                 template,
                 stop_ids,
@@ -286,6 +340,46 @@ impl LocalLlama {
     pub fn stop_token_ids(&self) -> &[u32] {
         &self.shared.stop_ids
     }
+
+    /// Next-token logits along a decode, for tests and diagnostics: feeds
+    /// `prompt` in one pass, then `steps - 1` single tokens the way
+    /// generation does; the token fed after step `i` is `forced[i]` when
+    /// given (teacher forcing), else the greedy choice. Returns the logits of
+    /// every step (`steps` vectors of the vocabulary's size).
+    pub fn logits_trace(
+        &self,
+        prompt: &[u32],
+        steps: usize,
+        forced: Option<&[u32]>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let s = &self.shared;
+        if prompt.is_empty() || prompt.len() + steps > s.context {
+            return Err(RagError::InvalidInput(format!(
+                "{} prompt tokens + {steps} steps do not fit the context of {}",
+                prompt.len(),
+                s.context
+            )));
+        }
+        let err = |e: candle_core::Error| RagError::Model(format!("{}: {e}", s.id));
+        let mut runner = s.runner(prompt.len() + steps)?;
+        let mut out = Vec::with_capacity(steps);
+        let mut logits = runner.step(prompt, 0)?;
+        for i in 0..steps {
+            let v = logits.to_vec1::<f32>().map_err(err)?;
+            let next = match forced.and_then(|f| f.get(i)) {
+                Some(&t) => t,
+                None => logits
+                    .argmax(0)
+                    .and_then(|t| t.to_scalar::<u32>())
+                    .map_err(err)?,
+            };
+            out.push(v);
+            if i + 1 < steps {
+                logits = runner.step(&[next], prompt.len() + i)?;
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Re-quantise every 2-D weight of a GGUF file to `format`, writing a new
@@ -299,7 +393,7 @@ fn requantize(
     let target = match format {
         WeightFormat::Q8_0 => GgmlDType::Q8_0,
         WeightFormat::Q4_0 => GgmlDType::Q4_0,
-        WeightFormat::F32 | WeightFormat::AsFile => GgmlDType::F32,
+        WeightFormat::F32 | WeightFormat::AsFile | WeightFormat::Native => GgmlDType::F32,
     };
     let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
     names.sort();
@@ -348,6 +442,17 @@ impl Shared {
         }
     }
 
+    /// Fresh per-generation state for at most `positions` tokens.
+    fn runner(&self, positions: usize) -> Result<Runner> {
+        Ok(match &self.engine {
+            Engine::Candle(m) => Runner::Candle(Box::new(ModelWeights::clone(m))),
+            Engine::Native(m) => Runner::Native(
+                native::Session::new(Arc::clone(m), positions)
+                    .map_err(|e| RagError::Model(format!("{}: {e}", self.id)))?,
+            ),
+        })
+    }
+
     fn run_inner(
         &self,
         llama: &LocalLlama,
@@ -386,14 +491,10 @@ impl Shared {
             }
         };
         let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling);
-        let mut model = self.model.clone();
+        let mut runner = self.runner(ids.len() + max_new)?;
         let err = |e: candle_core::Error| RagError::Model(format!("{}: {e}", self.id));
-
-        let input = Tensor::new(ids.as_slice(), &Device::Cpu)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(err)?;
-        let logits = model.forward(&input, 0).map_err(err)?;
-        let mut next = sample(&mut sampler, &logits).map_err(err)?;
+        let logits = runner.step(&ids, 0)?;
+        let mut next = sampler.sample(&logits).map_err(err)?;
         self.tokens.fetch_add(1, Ordering::SeqCst);
 
         let mut utf8 = Utf8Stream::default();
@@ -418,11 +519,8 @@ impl Shared {
             if produced == max_new {
                 break;
             }
-            let input = Tensor::new(&[next], &Device::Cpu)
-                .and_then(|t| t.unsqueeze(0))
-                .map_err(err)?;
-            let logits = model.forward(&input, pos).map_err(err)?;
-            next = sample(&mut sampler, &logits).map_err(err)?;
+            let logits = runner.step(&[next], pos)?;
+            next = sampler.sample(&logits).map_err(err)?;
             self.tokens.fetch_add(1, Ordering::SeqCst);
         }
         let rest = stops.push(&utf8.finish()) + &stops.finish();
@@ -431,11 +529,6 @@ impl Shared {
         }
         Ok(())
     }
-}
-
-fn sample(sampler: &mut LogitsProcessor, logits: &Tensor) -> candle_core::Result<u32> {
-    let logits = logits.squeeze(0)?;
-    sampler.sample(&logits)
 }
 
 impl Generator for LocalLlama {
