@@ -221,7 +221,7 @@ impl Embedder for BertEmbedder {
                 ids: e.get_ids().to_vec(),
             })
             .collect();
-        let batches = self.deal_batches(&mut items);
+        let batches = deal_batches(&mut items, self.batch_size, self.threads);
 
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
         let results = self.run_batches(&batches)?;
@@ -235,38 +235,6 @@ impl Embedder for BertEmbedder {
 }
 
 impl BertEmbedder {
-    /// Deal the inputs into batches of at most `batch_size` inputs, at least
-    /// one per worker when there are enough inputs, and of about equal cost:
-    /// longest input first, each to the cheapest batch that has room. With no
-    /// padding, a batch's cost is the sum of its inputs' costs, and the
-    /// workers finish together instead of one waiting on the long inputs.
-    fn deal_batches<'a>(&self, items: &'a mut [Item]) -> Vec<Vec<&'a Item>> {
-        // Per token, MiniLM's projections and feed-forward cost about as much
-        // as attention over 2300 tokens; attention grows with the length.
-        let cost = |len: usize| len * (len + 2300);
-        items.sort_by(|a, b| b.ids.len().cmp(&a.ids.len()).then(a.index.cmp(&b.index)));
-        let n = items.len();
-        let count = n.div_ceil(self.batch_size).max(self.threads.min(n));
-        let cap = n.div_ceil(count.max(1));
-        let mut batches: Vec<(usize, Vec<&Item>)> =
-            (0..count).map(|_| (0, Vec::with_capacity(cap))).collect();
-        for item in items.iter() {
-            let c = cost(item.ids.len());
-            match batches
-                .iter_mut()
-                .filter(|(_, b)| b.len() < cap)
-                .min_by_key(|(load, _)| *load)
-            {
-                Some((load, batch)) => {
-                    *load += c;
-                    batch.push(item);
-                }
-                None => batches.push((c, vec![item])),
-            }
-        }
-        batches.into_iter().map(|(_, b)| b).collect()
-    }
-
     fn run_batches(&self, batches: &[Vec<&Item>]) -> Result<Vec<Vec<Vec<f32>>>> {
         type BatchResult = candle_core::Result<Vec<Vec<f32>>>;
         let err = |e: candle_core::Error| RagError::Model(format!("running {}: {e}", self.id));
@@ -316,5 +284,84 @@ impl BertEmbedder {
                 ))),
             })
             .collect()
+    }
+}
+
+/// Deal the inputs into batches of at most `batch_size` inputs, at least
+/// one per worker when there are enough inputs, and of about equal cost:
+/// longest input first, each to the cheapest batch that has room. With no
+/// padding, a batch's cost is the sum of its inputs' costs, and the
+/// workers finish together instead of one waiting on the long inputs.
+fn deal_batches(items: &mut [Item], batch_size: usize, workers: usize) -> Vec<Vec<&Item>> {
+    // Per token, MiniLM's projections and feed-forward cost about as much
+    // as attention over 2300 tokens; attention grows with the length.
+    let cost = |len: usize| len * (len + 2300);
+    items.sort_by(|a, b| b.ids.len().cmp(&a.ids.len()).then(a.index.cmp(&b.index)));
+    let n = items.len();
+    let count = n.div_ceil(batch_size.max(1)).max(workers.min(n));
+    let cap = n.div_ceil(count.max(1));
+    let mut batches: Vec<(usize, Vec<&Item>)> =
+        (0..count).map(|_| (0, Vec::with_capacity(cap))).collect();
+    for item in items.iter() {
+        let c = cost(item.ids.len());
+        match batches
+            .iter_mut()
+            .filter(|(_, b)| b.len() < cap)
+            .min_by_key(|(load, _)| *load)
+        {
+            Some((load, batch)) => {
+                *load += c;
+                batch.push(item);
+            }
+            None => batches.push((c, vec![item])),
+        }
+    }
+    batches.into_iter().map(|(_, b)| b).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{deal_batches, Item};
+
+    fn items(lens: &[usize]) -> Vec<Item> {
+        lens.iter()
+            .enumerate()
+            .map(|(index, &n)| Item {
+                index,
+                ids: vec![0; n],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_are_capped_balanced_and_cover_every_input_once() {
+        // 32 inputs, batch size 16, 2 workers: two batches of 16 whose work
+        // is within one long input of each other (sorted cutting would give
+        // one batch all the long inputs).
+        let lens: Vec<usize> = (0..32).map(|i| 20 + i * 7).collect();
+        let mut its = items(&lens);
+        let batches = deal_batches(&mut its, 16, 2);
+        assert_eq!(batches.len(), 2);
+        let cost = |b: &Vec<&Item>| {
+            b.iter()
+                .map(|i| i.ids.len() * (i.ids.len() + 2300))
+                .sum::<usize>()
+        };
+        let (a, b) = (cost(&batches[0]), cost(&batches[1]));
+        let longest = 237 * (237 + 2300);
+        assert!(a.abs_diff(b) <= longest, "{a} vs {b}");
+        let mut seen: Vec<usize> = batches.iter().flatten().map(|i| i.index).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..32).collect::<Vec<_>>());
+        assert!(batches.iter().all(|b| b.len() <= 16));
+
+        // Fewer inputs than workers: one batch each; many inputs: capped.
+        let mut its = items(&[5, 9, 3]);
+        assert_eq!(deal_batches(&mut its, 16, 8).len(), 3);
+        let mut its = items(&[10; 100]);
+        let batches = deal_batches(&mut its, 16, 2);
+        assert_eq!(batches.len(), 7);
+        assert!(batches.iter().all(|b| b.len() <= 16));
+        assert!(deal_batches(&mut [], 16, 2).is_empty());
     }
 }
