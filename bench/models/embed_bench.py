@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Ingestion embedding throughput: ragfleet's BertEmbedder (candle) beside
+"""Ingestion embedding throughput: ragfleet's BertEmbedder (Rust, gemm) beside
 sentence-transformers (PyTorch), same model (all-MiniLM-L6-v2), same chunks,
 same machine, one run. Prints chunks/s for both and the ratio.
 
@@ -87,7 +87,7 @@ def main():
     print(f"chunks: {len(texts)} (squad-beir passages, title + text), batch size {batch}, {os.cpu_count()} CPUs")
     print(f"{'implementation':<36}{'chunks/s':>10}{'seconds':>10}")
     print(f"{'sentence-transformers (torch ' + str(st['torch_threads']) + ' thr)':<36}{st['chunks_per_s']:>10.1f}{st['seconds']:>10.2f}")
-    print(f"{'ragfleet BertEmbedder (candle)':<36}{rf['chunks_per_s']:>10.1f}{rf['seconds']:>10.2f}")
+    print(f"{'ragfleet BertEmbedder (gemm)':<36}{rf['chunks_per_s']:>10.1f}{rf['seconds']:>10.2f}")
     print(f"ratio ragfleet / sentence-transformers: {rf['chunks_per_s'] / st['chunks_per_s']:.2f}x")
 
 

@@ -4,30 +4,34 @@
 //! Pipeline per [`Embedder::embed`] call:
 //! 1. tokenize every text (with `[CLS]`/`[SEP]`, truncated to the model's
 //!    `max_seq_length` from `sentence_bert_config.json`);
-//! 2. sort the inputs by token length and cut them into batches, so each batch
-//!    is padded only to its own longest member (little wasted compute);
-//! 3. run the batches — on several worker threads when there are enough of
-//!    them (see [`BertOptions::threads`]);
-//! 4. mean-pool the last hidden state over the attention mask, L2-normalise,
-//!    and put the vectors back in input order.
+//! 2. deal the inputs into batches of about equal token counts (longest
+//!    first, each to the lightest batch);
+//! 3. run the batches through the encoder ([`crate::bert_encoder`]: no
+//!    padding, each sequence attends over its own length) — on several
+//!    worker threads when there are enough of them (see
+//!    [`BertOptions::threads`]);
+//! 4. mean-pool the last hidden state over each input's tokens,
+//!    L2-normalise, and put the vectors back in input order.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
 use ragfleet_rag::embed::Embedder;
 use ragfleet_rag::{RagError, Result};
 use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::bert_encoder::{BertEncoder, Scratch};
 use crate::util::{file_sha256, model_err, read_file};
 
 /// Tuning knobs of [`BertEmbedder`]; the defaults are what the benchmark
 /// found best on a 2-core machine.
 #[derive(Debug, Clone)]
 pub struct BertOptions {
-    /// Inputs per forward pass (after sorting by length).
+    /// Inputs per forward pass at most. Batches carry no padding, so this
+    /// only sets how many tokens share one matmul.
     pub batch_size: usize,
     /// Worker threads running batches side by side; 0 = one per CPU core.
     /// Each worker runs its matmuls single-threaded, which beats one
@@ -58,16 +62,14 @@ pub struct BertEmbedder {
     dim: usize,
     max_tokens: usize,
     batch_size: usize,
-    /// One single-threaded rayon pool per worker: candle's matmuls (gemm)
-    /// and other rayon-parallel ops then stay on the worker's own thread.
-    pools: Vec<rayon::ThreadPool>,
+    /// Worker threads (≥ 1); each runs whole batches, single-threaded.
+    threads: usize,
 }
 
 struct Inner {
-    model: BertModel,
+    encoder: BertEncoder,
     /// Truncates to `max_tokens`, adds special tokens, no padding.
     tokenizer: Tokenizer,
-    device: Device,
 }
 
 impl BertEmbedder {
@@ -112,7 +114,7 @@ impl BertEmbedder {
         let device = Device::Cpu;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
             .map_err(|e| model_err(&weights_path, e))?;
-        let model = BertModel::load(vb, &config).map_err(|e| model_err(&weights_path, e))?;
+        let encoder = BertEncoder::load(vb, &config).map_err(|e| model_err(&weights_path, e))?;
 
         let name = dir
             .file_name()
@@ -125,30 +127,13 @@ impl BertEmbedder {
         } else {
             opts.threads
         };
-        let pools = if threads <= 1 {
-            Vec::new()
-        } else {
-            (0..threads)
-                .map(|i| {
-                    rayon::ThreadPoolBuilder::new()
-                        .num_threads(1)
-                        .thread_name(move |_| format!("bert-embed-{i}"))
-                        .build()
-                        .map_err(|e| RagError::Model(format!("starting embedding workers: {e}")))
-                })
-                .collect::<Result<Vec<_>>>()?
-        };
         Ok(Self {
-            inner: Arc::new(Inner {
-                model,
-                tokenizer,
-                device,
-            }),
+            inner: Arc::new(Inner { encoder, tokenizer }),
             id: format!("{name}@{}", &hash[..12]),
             dim: config.hidden_size,
             max_tokens,
             batch_size: opts.batch_size.max(1),
-            pools,
+            threads: threads.max(1),
         })
     }
 
@@ -178,30 +163,14 @@ struct Item {
 }
 
 impl Inner {
-    /// Embed one batch of tokenized inputs (any lengths), in the given order.
-    fn run_batch(&self, items: &[Item]) -> candle_core::Result<Vec<Vec<f32>>> {
-        let n = items.len();
-        let len = items.iter().map(|i| i.ids.len()).max().unwrap_or(0).max(1);
-        let mut ids = vec![0u32; n * len];
-        let mut mask = vec![0u32; n * len];
-        for (row, item) in items.iter().enumerate() {
-            ids[row * len..row * len + item.ids.len()].copy_from_slice(&item.ids);
-            mask[row * len..row * len + item.ids.len()].fill(1);
-        }
-        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
-        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
-        let types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?; // (n, len, dim)
-        let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
-        let summed = hidden.broadcast_mul(&maskf)?.sum(1)?; // (n, dim)
-        let counts = maskf.sum(1)?.clamp(1e-9f32, f32::MAX)?; // (n, 1)
-        let mean = summed.broadcast_div(&counts)?;
-        let norms = mean
-            .sqr()?
-            .sum_keepdim(1)?
-            .sqrt()?
-            .clamp(1e-12f32, f32::MAX)?;
-        mean.broadcast_div(&norms)?.to_vec2::<f32>()
+    /// Embed one batch of tokenized inputs, in the given order.
+    fn run_batch(
+        &self,
+        items: &[&Item],
+        scratch: &mut Scratch,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let seqs: Vec<&[u32]> = items.iter().map(|i| i.ids.as_slice()).collect();
+        self.encoder.embed(&seqs, scratch)
     }
 }
 
@@ -252,10 +221,7 @@ impl Embedder for BertEmbedder {
                 ids: e.get_ids().to_vec(),
             })
             .collect();
-        // Longest first: the expensive batches start early and the tail of
-        // the work is made of cheap short batches that balance the workers.
-        items.sort_by(|a, b| b.ids.len().cmp(&a.ids.len()).then(a.index.cmp(&b.index)));
-        let batches: Vec<&[Item]> = items.chunks(self.batch_size).collect();
+        let batches = deal_batches(&mut items, self.batch_size, self.threads);
 
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
         let results = self.run_batches(&batches)?;
@@ -269,34 +235,33 @@ impl Embedder for BertEmbedder {
 }
 
 impl BertEmbedder {
-    fn run_batches(&self, batches: &[&[Item]]) -> Result<Vec<Vec<Vec<f32>>>> {
+    fn run_batches(&self, batches: &[Vec<&Item>]) -> Result<Vec<Vec<Vec<f32>>>> {
         type BatchResult = candle_core::Result<Vec<Vec<f32>>>;
         let err = |e: candle_core::Error| RagError::Model(format!("running {}: {e}", self.id));
-        let workers = self.pools.len().min(batches.len());
+        let workers = self.threads.min(batches.len());
         if workers <= 1 {
+            let mut scratch = Scratch::default();
             return batches
                 .iter()
-                .map(|b| self.inner.run_batch(b).map_err(err))
+                .map(|b| self.inner.run_batch(b, &mut scratch).map_err(err))
                 .collect();
         }
-        // Workers take batches from a shared counter; each runs its forward
-        // passes inside its own 1-thread pool (see BertOptions::threads).
+        // Workers take batches from a shared counter, each with its own
+        // working memory; matmuls run single-threaded inside a worker.
         let next = AtomicUsize::new(0);
         let per_worker: Vec<Vec<(usize, BatchResult)>> = std::thread::scope(|s| {
-            let handles: Vec<_> = self.pools[..workers]
-                .iter()
-                .map(|pool| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
                     let next = &next;
                     s.spawn(move || {
-                        pool.install(|| {
-                            let mut done = Vec::new();
-                            loop {
-                                let i = next.fetch_add(1, Ordering::Relaxed);
-                                let Some(batch) = batches.get(i) else { break };
-                                done.push((i, self.inner.run_batch(batch)));
-                            }
-                            done
-                        })
+                        let mut scratch = Scratch::default();
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(batch) = batches.get(i) else { break };
+                            done.push((i, self.inner.run_batch(batch, &mut scratch)));
+                        }
+                        done
                     })
                 })
                 .collect();
@@ -319,5 +284,84 @@ impl BertEmbedder {
                 ))),
             })
             .collect()
+    }
+}
+
+/// Deal the inputs into batches of at most `batch_size` inputs, at least
+/// one per worker when there are enough inputs, and of about equal cost:
+/// longest input first, each to the cheapest batch that has room. With no
+/// padding, a batch's cost is the sum of its inputs' costs, and the
+/// workers finish together instead of one waiting on the long inputs.
+fn deal_batches(items: &mut [Item], batch_size: usize, workers: usize) -> Vec<Vec<&Item>> {
+    // Per token, MiniLM's projections and feed-forward cost about as much
+    // as attention over 2300 tokens; attention grows with the length.
+    let cost = |len: usize| len * (len + 2300);
+    items.sort_by(|a, b| b.ids.len().cmp(&a.ids.len()).then(a.index.cmp(&b.index)));
+    let n = items.len();
+    let count = n.div_ceil(batch_size.max(1)).max(workers.min(n));
+    let cap = n.div_ceil(count.max(1));
+    let mut batches: Vec<(usize, Vec<&Item>)> =
+        (0..count).map(|_| (0, Vec::with_capacity(cap))).collect();
+    for item in items.iter() {
+        let c = cost(item.ids.len());
+        match batches
+            .iter_mut()
+            .filter(|(_, b)| b.len() < cap)
+            .min_by_key(|(load, _)| *load)
+        {
+            Some((load, batch)) => {
+                *load += c;
+                batch.push(item);
+            }
+            None => batches.push((c, vec![item])),
+        }
+    }
+    batches.into_iter().map(|(_, b)| b).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{deal_batches, Item};
+
+    fn items(lens: &[usize]) -> Vec<Item> {
+        lens.iter()
+            .enumerate()
+            .map(|(index, &n)| Item {
+                index,
+                ids: vec![0; n],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_are_capped_balanced_and_cover_every_input_once() {
+        // 32 inputs, batch size 16, 2 workers: two batches of 16 whose work
+        // is within one long input of each other (sorted cutting would give
+        // one batch all the long inputs).
+        let lens: Vec<usize> = (0..32).map(|i| 20 + i * 7).collect();
+        let mut its = items(&lens);
+        let batches = deal_batches(&mut its, 16, 2);
+        assert_eq!(batches.len(), 2);
+        let cost = |b: &Vec<&Item>| {
+            b.iter()
+                .map(|i| i.ids.len() * (i.ids.len() + 2300))
+                .sum::<usize>()
+        };
+        let (a, b) = (cost(&batches[0]), cost(&batches[1]));
+        let longest = 237 * (237 + 2300);
+        assert!(a.abs_diff(b) <= longest, "{a} vs {b}");
+        let mut seen: Vec<usize> = batches.iter().flatten().map(|i| i.index).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..32).collect::<Vec<_>>());
+        assert!(batches.iter().all(|b| b.len() <= 16));
+
+        // Fewer inputs than workers: one batch each; many inputs: capped.
+        let mut its = items(&[5, 9, 3]);
+        assert_eq!(deal_batches(&mut its, 16, 8).len(), 3);
+        let mut its = items(&[10; 100]);
+        let batches = deal_batches(&mut its, 16, 2);
+        assert_eq!(batches.len(), 7);
+        assert!(batches.iter().all(|b| b.len() <= 16));
+        assert!(deal_batches(&mut [], 16, 2).is_empty());
     }
 }

@@ -6,7 +6,9 @@
 //! - [`OpenAiGenerator`], [`OpenAiEmbedder`]: OpenAI-compatible servers.
 
 pub mod bert;
+mod bert_encoder;
 pub mod gguf_tokenizer;
+mod kernels;
 pub mod llama;
 mod native;
 pub mod openai;
