@@ -10,6 +10,13 @@
 #   bench/gateway/run.sh            # defaults below
 #   WORKERS=2 DURATION=15s CONNS=100 SSE_STREAMS=1000 WS_TUNNELS=1000 bench/gateway/run.sh
 #   GATEWAY_ONLY=1 bench/gateway/run.sh   # the gateway library via an example: no release build of the CLI
+#   ROUNDS=5 bench/gateway/run.sh          # rounds of the throughput runs (medians reported)
+#
+# The throughput runs go in ROUNDS rounds (default 3), the targets in a
+# rotating order, and report each target's median: one 10 s run on a
+# 2-core VM swings by 10-20 %. With PIN=1 (default when WORKERS=1 and
+# there are 2+ cores) wrk runs on CPU 0 and the backend and the proxies on
+# CPU 1, so every proxy shares its core with the same backend the same way.
 #
 # nginx and haproxy run as our own processes with configs in a temp dir.
 # Only 127.0.0.1 is targeted; every run is bounded by DURATION.
@@ -19,6 +26,13 @@ WORKERS="${WORKERS:-1}"
 DURATION="${DURATION:-10s}"
 CONNS="${CONNS:-50}"
 THREADS="${THREADS:-1}"
+ROUNDS="${ROUNDS:-3}"
+if [ -z "${PIN:-}" ]; then
+  PIN=0
+  [ "$WORKERS" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null && PIN=1
+fi
+# pin_load / pin_server: command prefixes for the load generator and the servers.
+if [ "$PIN" = 1 ]; then pin_load=(taskset -c 0); pin_server=(taskset -c 1); else pin_load=(); pin_server=(); fi
 SSE_STREAMS="${SSE_STREAMS:-1000}"
 SSE_SECONDS="${SSE_SECONDS:-10}"
 WS_TUNNELS="${WS_TUNNELS:-1000}"
@@ -57,7 +71,7 @@ http {
   }
 }
 CONF
-"$NGINX" -p "$tmp/backend" -c "$tmp/backend/nginx.conf" -e "$tmp/backend/error.log" &
+"${pin_server[@]}" "$NGINX" -p "$tmp/backend" -c "$tmp/backend/nginx.conf" -e "$tmp/backend/error.log" &
 pids+=($!)
 
 # --- one certificate for both TLS terminators (P-256, like most sites) -----------
@@ -95,7 +109,7 @@ servers = [{ addr = "$SSE_BACKEND" }]
 policy = "round_robin"
 servers = [{ addr = "$WS_BACKEND" }]
 CONF
-RUST_LOG=warn "$RAGFLEET" gateway --config "$tmp/ragfleet.toml" &
+RUST_LOG=warn "${pin_server[@]}" "$RAGFLEET" gateway --config "$tmp/ragfleet.toml" &
 ragfleet_pid=$!
 pids+=($ragfleet_pid)
 
@@ -118,7 +132,7 @@ pool = "backend"
 policy = "round_robin"
 servers = [{ addr = "$BACKEND" }]
 CONF
-RUST_LOG=warn "$RAGFLEET" gateway --config "$tmp/ragfleet-tls.toml" &
+RUST_LOG=warn "${pin_server[@]}" "$RAGFLEET" gateway --config "$tmp/ragfleet-tls.toml" &
 pids+=($!)
 
 # --- nginx as the proxy, configured like ragfleet ---------------------------------
@@ -160,7 +174,7 @@ http {
   }
 }
 CONF
-"$NGINX" -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" &
+"${pin_server[@]}" "$NGINX" -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" &
 nginx_pid=$!
 pids+=($nginx_pid)
 
@@ -185,7 +199,7 @@ backend be
   option redispatch
   server b1 $BACKEND check inter 5s
 CONF
-"$HAPROXY" -f "$tmp/haproxy.cfg" -db &
+"${pin_server[@]}" "$HAPROXY" -f "$tmp/haproxy.cfg" -db &
 pids+=($!)
 
 wait_port() {
@@ -200,38 +214,54 @@ for p in $BACKEND $P_RAGFLEET $P_NGINX $P_HAPROXY $P_RAGFLEET_TLS $P_NGINX_TLS; 
 # Convert wrk's "1.23ms" / "456.00us" / "1.01s" into milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN{ n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
 
-declare -A RPS P50 P99
-run_wrk() {
+declare -A RPS P50 P99 ALL
+# One wrk run; appends "rps p50 p99" to ALL[name].
+wrk_once() {
   local name=$1 addr=$2 scheme=${3:-http}
-  wrk -t"$THREADS" -c"$CONNS" -d2s "$scheme://$addr/" >/dev/null 2>&1 || true   # warm-up
-  local out
-  out="$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$scheme://$addr/")"
-  local errs
+  local out errs
+  out="$("${pin_load[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$scheme://$addr/")"
   errs="$(echo "$out" | grep -E 'Non-2xx|Socket errors' || true)"
   [ -n "$errs" ] && echo "  $name: $errs" >&2
-  RPS[$name]="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
-  P50[$name]="$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")"
-  P99[$name]="$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")"
+  ALL[$name]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') $(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')") $(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')");"
+}
+# Median of field $2 (1 rps, 2 p50, 3 p99) over the runs in $1.
+median_of() { echo "$1" | tr ';' '\n' | awk -v f="$2" 'NF {print $f}' | sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+# Rounds over "name:addr[:scheme]" targets, order rotating each round; medians into RPS/P50/P99.
+run_rounds() {
+  local targets=("$@") n=${#targets[@]} r i t
+  for t in "${targets[@]}"; do
+    IFS=: read -r name host port scheme <<<"$t"
+    "${pin_load[@]}" wrk -t"$THREADS" -c"$CONNS" -d2s "${scheme:-http}://$host:$port/" >/dev/null 2>&1 || true   # warm-up
+  done
+  for ((r = 0; r < ROUNDS; r++)); do
+    for ((i = 0; i < n; i++)); do
+      IFS=: read -r name host port scheme <<<"${targets[(i + r) % n]}"
+      wrk_once "$name" "$host:$port" "${scheme:-http}"
+    done
+  done
+  for t in "${targets[@]}"; do
+    name=${t%%:*}
+    RPS[$name]=$(median_of "${ALL[$name]}" 1)
+    P50[$name]=$(median_of "${ALL[$name]}" 2)
+    P99[$name]=$(median_of "${ALL[$name]}" 3)
+  done
 }
 
 echo
-echo "== HTTP/1.1 keep-alive, small responses: wrk -t$THREADS -c$CONNS -d$DURATION, proxies with $WORKERS worker(s), $(nproc) cores =="
-for t in direct:$BACKEND ragfleet:$P_RAGFLEET nginx:$P_NGINX haproxy:$P_HAPROXY; do
-  run_wrk "${t%%:*}" "${t#*:}"
-done
+echo "== HTTP/1.1 keep-alive, small responses: wrk -t$THREADS -c$CONNS -d$DURATION x $ROUNDS rounds (medians), proxies with $WORKERS worker(s), $(nproc) cores, pinned: $PIN =="
+run_rounds direct:$BACKEND ragfleet:$P_RAGFLEET nginx:$P_NGINX haproxy:$P_HAPROXY
 printf "%-10s %12s %10s %10s %14s %14s\n" target "req/s" "p50 ms" "p99 ms" "rps vs nginx" "p99 vs nginx"
 for n in direct ragfleet nginx haproxy; do
   awk -v n="$n" -v r="${RPS[$n]}" -v a="${P50[$n]}" -v b="${P99[$n]}" -v nr="${RPS[nginx]}" -v nb="${P99[nginx]}" \
     'BEGIN{ printf "%-10s %12.0f %10.3f %10.3f %13.2fx %13.2fx\n", n, r, a, b, r/nr, b/nb }'
 done
+for n in ragfleet nginx haproxy; do echo "  $n rounds (req/s p50 p99): ${ALL[$n]}"; done
 awk -v r="${RPS[ragfleet]}" -v h="${RPS[haproxy]}" -v d="${RPS[direct]}" \
   'BEGIN{ printf "ragfleet vs haproxy: %.2fx req/s; ragfleet vs direct: %.2fx req/s\n", r/h, r/d }'
 
-
 echo
-echo "== HTTPS (same certificate, TLS terminated by the proxy), HTTP/1.1 keep-alive: wrk -t$THREADS -c$CONNS -d$DURATION =="
-run_wrk ragfleet-tls "$P_RAGFLEET_TLS" https
-run_wrk nginx-tls "$P_NGINX_TLS" https
+echo "== HTTPS (same certificate, TLS terminated by the proxy), HTTP/1.1 keep-alive: wrk -t$THREADS -c$CONNS -d$DURATION x $ROUNDS rounds (medians) =="
+run_rounds ragfleet-tls:$P_RAGFLEET_TLS:https nginx-tls:$P_NGINX_TLS:https
 printf "%-12s %12s %10s %10s %14s %14s\n" target "req/s" "p50 ms" "p99 ms" "rps vs nginx" "p99 vs nginx"
 for n in ragfleet-tls nginx-tls; do
   awk -v n="$n" -v r="${RPS[$n]}" -v a="${P50[$n]}" -v b="${P99[$n]}" -v nr="${RPS[nginx-tls]}" -v nb="${P99[nginx-tls]}" \
@@ -243,9 +273,9 @@ awk -v t="${RPS[ragfleet-tls]}" -v p="${RPS[ragfleet]}" -v nt="${RPS[nginx-tls]}
 [ "${QUICK:-0}" = 1 ] && exit 0
 
 # --- SSE: per-event added latency over many concurrent streams -----------------------
-"$TOOL" sse-backend "$SSE_BACKEND" &
+"${pin_server[@]}" "$TOOL" sse-backend "$SSE_BACKEND" &
 pids+=($!)
-"$TOOL" ws-backend "$WS_BACKEND" &
+"${pin_server[@]}" "$TOOL" ws-backend "$WS_BACKEND" &
 pids+=($!)
 wait_port "$SSE_BACKEND"; wait_port "$WS_BACKEND"
 
@@ -254,7 +284,7 @@ echo "== SSE: $SSE_STREAMS concurrent streams, one event per 100 ms each, ${SSE_
 printf "%-10s %12s %12s %12s %10s\n" target "events" "p50 ms" "p99 ms" "errors"
 declare -A SP50 SP99
 for t in direct:$SSE_BACKEND ragfleet:$P_RAGFLEET nginx:$P_NGINX; do
-  read -r ev p50 p99 errs < <("$TOOL" sse-client "${t#*:}" "$SSE_STREAMS" "$SSE_SECONDS")
+  read -r ev p50 p99 errs < <("${pin_load[@]}" "$TOOL" sse-client "${t#*:}" "$SSE_STREAMS" "$SSE_SECONDS")
   SP50[${t%%:*}]=$p50; SP99[${t%%:*}]=$p99
   printf "%-10s %12s %12s %12s %10s\n" "${t%%:*}" "$ev" "$p50" "$p99" "$errs"
 done
@@ -272,18 +302,27 @@ rss_kb() { # sum of VmRSS over a process and its children (nginx workers)
   echo "$total"
 }
 echo
-echo "== WebSocket: resident memory per open tunnel ($WS_TUNNELS tunnels) =="
-printf "%-10s %12s %12s %14s\n" target "RSS before" "RSS open" "KiB/tunnel"
+echo "== WebSocket: resident memory per open tunnel ($WS_TUNNELS tunnels: RSS growth from the first half open to all open) =="
+printf "%-10s %12s %12s %14s\n" target "RSS half" "RSS all" "KiB/tunnel"
+half=$((WS_TUNNELS / 2))
 for t in ragfleet:$P_RAGFLEET:$ragfleet_pid nginx:$P_NGINX:$nginx_pid; do
   IFS=: read -r name host port pid <<<"$t"
-  before=$(rss_kb "$pid")
-  fifo="$tmp/ws-$name"; mkfifo "$fifo"
-  "$TOOL" ws-client "$host:$port" "$WS_TUNNELS" 5 >"$fifo" &
-  cpid=$!
-  read -r opened <"$fifo" || opened=0   # printed once every tunnel is open and echoed
+  # Two clients of half the tunnels each; the first holds its tunnels while
+  # the second opens its own. The difference between the two readings is
+  # what the second half costs, whatever the process held before.
+  fifo1="$tmp/ws-$name-1"; fifo2="$tmp/ws-$name-2"; mkfifo "$fifo1" "$fifo2"
+  "${pin_load[@]}" "$TOOL" ws-client "$host:$port" "$half" 12 >"$fifo1" &
+  c1=$!
+  read -r opened1 <"$fifo1" || opened1=0
+  sleep 1
+  mid=$(rss_kb "$pid")
+  "${pin_load[@]}" "$TOOL" ws-client "$host:$port" "$half" 4 >"$fifo2" &
+  c2=$!
+  read -r opened2 <"$fifo2" || opened2=0
+  sleep 1
   after=$(rss_kb "$pid")
-  wait "$cpid" || true
-  rm -f "$fifo"
-  awk -v n="$name" -v b="$before" -v a="$after" -v o="$opened" \
-    'BEGIN{ printf "%-10s %10d K %10d K %13.1f   (%d open)\n", n, b, a, (o>0 ? (a-b)/o : 0), o }'
+  wait "$c1" "$c2" || true
+  rm -f "$fifo1" "$fifo2"
+  awk -v n="$name" -v b="$mid" -v a="$after" -v o="$opened2" -v o1="$opened1" \
+    'BEGIN{ printf "%-10s %10d K %10d K %13.1f   (%d + %d open)\n", n, b, a, (o>0 ? (a-b)/o : 0), o1, o }'
 done

@@ -123,7 +123,7 @@ fn format_ip(ip: std::net::IpAddr) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-fn is_hop_by_hop(n: &HeaderName) -> bool {
+pub(crate) fn is_hop_by_hop(n: &HeaderName) -> bool {
     n == header::CONNECTION
         || n == header::TE
         || n == header::TRAILER
@@ -299,29 +299,29 @@ async fn proxy(
             headers.insert(header::UPGRADE, u);
         }
     }
+    // The forwarding headers replace whatever the client sent under these
+    // names. The gateway's own client writes them after the client's
+    // headers; hyper's gets them inserted into its copy of the map.
     let client_ip = ip_header(peer.ip());
-    headers.insert(X_REAL_IP.clone(), client_ip.clone());
     let xff = if headers.contains_key(&X_FORWARDED_FOR) {
         let prev: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        HeaderValue::from_str(&format!("{}, {}", prev.join(", "), peer.ip())).unwrap_or(client_ip)
+        HeaderValue::from_str(&format!("{}, {}", prev.join(", "), peer.ip()))
+            .unwrap_or_else(|_| client_ip.clone())
     } else {
-        client_ip
+        client_ip.clone()
     };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(X_FORWARDED_PROTO.clone(), shared.forwarded_proto.clone());
-    match &client_host {
-        Some(h) => {
-            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-        }
-        None => {
-            headers.remove(&X_FORWARDED_HOST);
-        }
-    }
-    headers.insert(X_REQUEST_ID.clone(), request_id);
+    let forwarded: [(&HeaderName, Option<HeaderValue>); 5] = [
+        (&X_REAL_IP, Some(client_ip)),
+        (&X_FORWARDED_FOR, Some(xff)),
+        (&X_FORWARDED_PROTO, Some(shared.forwarded_proto.clone())),
+        // None: the client's own X-Forwarded-Host is dropped.
+        (&X_FORWARDED_HOST, client_host.clone()),
+        (&X_REQUEST_ID, Some(request_id)),
+    ];
 
     // The body: buffered (replayable) when small enough, streamed otherwise.
     // A streamed body can still go to another server as long as no attempt
@@ -380,8 +380,11 @@ async fn proxy(
     let mut last_response: Option<(Response<UpstreamInner>, InflightGuard)> = None;
     let total = (!timeouts.total.0.is_zero()).then_some(timeouts.total.0);
     let finish = |mut res: Response<UpstreamInner>, guard: InflightGuard| {
-        strip_hop_by_hop(res.headers_mut());
-        res.headers_mut().remove(header::UPGRADE);
+        // The gateway's own client leaves hop-by-hop headers out as it parses.
+        if let UpstreamInner::Hyper(_) = res.body() {
+            strip_hop_by_hop(res.headers_mut());
+            res.headers_mut().remove(header::UPGRADE);
+        }
         // An event stream of unknown length can be ended with an `error`
         // event if the upstream goes away mid-stream.
         let sse = !res.headers().contains_key(header::CONTENT_LENGTH)
@@ -414,12 +417,14 @@ async fn proxy(
         };
         // A body already in memory and no upgrade: the gateway's own client,
         // in this task. Otherwise hyper's (see h1.rs for why both).
-        let outcome: Result<Result<Response<UpstreamInner>, Attempt>, _> = match &payload {
+        // The outer error: no response head within `headers_deadline`.
+        let outcome: Result<Result<Response<UpstreamInner>, Attempt>, ()> = match &payload {
             Payload::Empty | Payload::Buffered(_) if client_upgrade.is_none() => {
                 let out = crate::h1::client::Outgoing {
                     method: &method,
                     path_and_query: path_and_query.as_str(),
                     headers: &headers,
+                    forwarded: &forwarded,
                     host: server.addr(),
                     host_override: cfg.host == HostMode::Upstream,
                     body: match &payload {
@@ -427,11 +432,18 @@ async fn proxy(
                         _ => None,
                     },
                 };
-                let send = crate::h1::client::send(server.upstream(), pool.conn_settings(), &out);
-                tokio::time::timeout(headers_deadline, send).await.map(|r| {
-                    r.map(|res| res.map(|b| UpstreamInner::H1(Box::new(b))))
-                        .map_err(Attempt::H1)
-                })
+                let deadline = tokio::time::Instant::now() + headers_deadline;
+                let send = crate::h1::client::send(
+                    server.upstream(),
+                    pool.conn_settings(),
+                    &out,
+                    deadline,
+                );
+                match send.await {
+                    Ok(res) => Ok(Ok(res.map(|b| UpstreamInner::H1(Box::new(b))))),
+                    Err(crate::h1::client::H1Error::Timeout) => Err(()),
+                    Err(e) => Ok(Err(Attempt::H1(e))),
+                }
             }
             _ => {
                 let uri = match Uri::builder()
@@ -457,6 +469,16 @@ async fn proxy(
                 *up.method_mut() = method.clone();
                 *up.uri_mut() = uri;
                 *up.headers_mut() = headers.clone();
+                for (name, value) in &forwarded {
+                    match value {
+                        Some(v) => {
+                            up.headers_mut().insert(*name, v.clone());
+                        }
+                        None => {
+                            up.headers_mut().remove(*name);
+                        }
+                    }
+                }
                 match cfg.host {
                     HostMode::Pass => {
                         if client_host.is_none() {
@@ -475,6 +497,7 @@ async fn proxy(
                         r.map(|res| res.map(UpstreamInner::Hyper))
                             .map_err(Attempt::Hyper)
                     })
+                    .map_err(|_| ())
             }
         };
         let (kind, err) = match outcome {
@@ -531,7 +554,7 @@ async fn proxy(
                     (FailKind::Error, AttemptError::Error(msg))
                 }
             }
-            Err(_) => (FailKind::Timeout, AttemptError::Timeout(headers_deadline)),
+            Err(()) => (FailKind::Timeout, AttemptError::Timeout(headers_deadline)),
         };
         drop(guard);
         if pool.counts_as_failure(kind) {

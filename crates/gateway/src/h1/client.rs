@@ -53,6 +53,8 @@ pub enum H1Error {
     Closed,
     #[error("invalid response from upstream: {0}")]
     Invalid(String),
+    #[error("no response head before the deadline")]
+    Timeout,
 }
 
 impl H1Error {
@@ -68,6 +70,13 @@ struct Conn {
     buf: BytesMut,
     /// The request being written (kept with the connection to reuse it).
     out: Vec<u8>,
+    /// Response header names seen last on this connection.
+    names: super::NameCache,
+    /// The response-head deadline of the request in progress. One timer per
+    /// connection, moved forward per request: tokio extends a registered
+    /// timer to a later deadline without touching its wheel, where a new
+    /// timer per request costs a registration and a removal.
+    timer: Pin<Box<tokio::time::Sleep>>,
     /// Served a request before (a failure on it may be a stale keep-alive).
     reused: bool,
 }
@@ -152,6 +161,9 @@ pub(crate) struct Outgoing<'a> {
     pub method: &'a Method,
     pub path_and_query: &'a str,
     pub headers: &'a HeaderMap,
+    /// Headers the gateway sets: the client's under these names are left
+    /// out, and those with a value are written after the client's.
+    pub forwarded: &'a [(&'a HeaderName, Option<HeaderValue>)],
     /// Sent as Host when `headers` has none, or always with `host_override`.
     pub host: &'a str,
     pub host_override: bool,
@@ -161,28 +173,40 @@ pub(crate) struct Outgoing<'a> {
 /// Send `req` to `up` and read the response head. The body streams from
 /// the returned response; its connection returns to `up`'s idle list when
 /// it ends (if both sides keep it alive).
+///
+/// `deadline` bounds the whole exchange up to the response head (a new
+/// connection's connect also has `settings.connect_timeout`); past it the
+/// result is [`H1Error::Timeout`].
 pub(crate) async fn send(
     up: &Arc<Upstream>,
     settings: ConnSettings,
     req: &Outgoing<'_>,
+    deadline: tokio::time::Instant,
 ) -> Result<Response<H1Body>, H1Error> {
     let mut conn = match up.idle.take(settings.idle_timeout) {
         Some(conn) => conn,
-        None => connect(up, settings.connect_timeout).await?,
+        None => connect(up, settings.connect_timeout.min(until(deadline))).await?,
     };
     encode_head(req, &mut conn.out);
+    conn.timer.as_mut().reset(deadline);
     match exchange(conn, req, up, settings).await {
         // A kept-alive connection the upstream closed just as it was reused:
         // nothing was answered, so the request goes once more on a fresh one.
         // Only for requests that may be repeated (a POST may have been acted on).
         Err((true, e)) if may_repeat(req.method) && stale(&e) => {
             tracing::debug!(upstream = %up.addr, "kept-alive connection was closed: {e}; reconnecting");
-            let mut conn = connect(up, settings.connect_timeout).await?;
+            let mut conn = connect(up, settings.connect_timeout.min(until(deadline))).await?;
             encode_head(req, &mut conn.out);
+            conn.timer.as_mut().reset(deadline);
             exchange(conn, req, up, settings).await.map_err(|(_, e)| e)
         }
         r => r.map_err(|(_, e)| e),
     }
+}
+
+/// Time left until `deadline`.
+fn until(deadline: tokio::time::Instant) -> Duration {
+    deadline.saturating_duration_since(tokio::time::Instant::now())
 }
 
 fn may_repeat(m: &Method) -> bool {
@@ -230,6 +254,8 @@ async fn connect(up: &Upstream, timeout: Duration) -> Result<Conn, H1Error> {
         io,
         buf: BytesMut::with_capacity(READ_BUF),
         out: Vec::with_capacity(512),
+        names: super::NameCache::default(),
+        timer: Box::pin(tokio::time::sleep(Duration::from_secs(86400))),
         reused: false,
     })
 }
@@ -243,21 +269,28 @@ async fn exchange(
     settings: ConnSettings,
 ) -> Result<Response<H1Body>, (bool, H1Error)> {
     let reused = conn.reused;
+    let io = &mut conn.io;
+    let out = &mut conn.out;
     let write = async {
         match req.body {
             Some(b) if !b.is_empty() => {
                 if b.len() <= 16 * 1024 {
-                    conn.out.extend_from_slice(b);
-                    conn.io.write_all(&conn.out).await
+                    out.extend_from_slice(b);
+                    io.write_all(out).await
                 } else {
-                    conn.io.write_all(&conn.out).await?;
-                    conn.io.write_all(b).await
+                    io.write_all(out).await?;
+                    io.write_all(b).await
                 }
             }
-            _ => conn.io.write_all(&conn.out).await,
+            _ => io.write_all(out).await,
         }
     };
-    if let Err(e) = write.await {
+    let written = tokio::select! {
+        biased;
+        r = write => r,
+        _ = conn.timer.as_mut() => return Err((false, H1Error::Timeout)),
+    };
+    if let Err(e) = written {
         // The upstream may have answered early (e.g. 413) and closed: that
         // answer is still worth reading.
         if !matches!(
@@ -268,7 +301,7 @@ async fn exchange(
         }
     }
     loop {
-        let parsed = parse_head(&mut conn.buf, req.method);
+        let parsed = parse_head(&mut conn.buf, req.method, &mut conn.names);
         match parsed {
             Err(e) => return Err((false, e)),
             Ok(Some(Parsed::Interim)) => {}
@@ -284,7 +317,12 @@ async fn exchange(
                 }
                 let nothing_yet = conn.buf.is_empty();
                 conn.buf.reserve(READ_BUF);
-                match tokio::io::AsyncReadExt::read_buf(&mut conn.io, &mut conn.buf).await {
+                let read = tokio::select! {
+                    biased;
+                    r = tokio::io::AsyncReadExt::read_buf(&mut conn.io, &mut conn.buf) => r,
+                    _ = conn.timer.as_mut() => return Err((false, H1Error::Timeout)),
+                };
+                match read {
                     Ok(0) => {
                         return Err((
                             reused && nothing_yet,
@@ -327,10 +365,21 @@ fn encode_head(req: &Outgoing<'_>, h: &mut Vec<u8>) {
         if own_host && name == header::HOST {
             continue;
         }
+        if req.forwarded.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
         h.extend_from_slice(name.as_str().as_bytes());
         h.extend_from_slice(b": ");
         h.extend_from_slice(value.as_bytes());
         h.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in req.forwarded {
+        if let Some(v) = value {
+            h.extend_from_slice(name.as_str().as_bytes());
+            h.extend_from_slice(b": ");
+            h.extend_from_slice(v.as_bytes());
+            h.extend_from_slice(b"\r\n");
+        }
     }
     // The body's own length frames it (the client's header was checked by
     // the server side; a client that sent one gets it forwarded as is).
@@ -375,7 +424,11 @@ enum Parsed {
 
 /// Parse a response head at the start of `buf`: `None` if incomplete, else
 /// what it says, its bytes taken out of `buf`.
-fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, H1Error> {
+fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    cache: &mut super::NameCache,
+) -> Result<Option<Parsed>, H1Error> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -408,11 +461,14 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, H1E
     let mut chunked = false;
     let mut has_te = false;
     let mut close = !http11;
+    // Headers the Connection header names as hop-by-hop (rare).
+    let mut named: Vec<HeaderName> = Vec::new();
     // Names now; values below as slices of the head's own bytes (no copies).
     let base = buf.as_ptr() as usize;
     let mut names = Vec::with_capacity(res.headers.len());
-    for h in res.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
+    for (i, h) in res.headers.iter().enumerate() {
+        let name = cache
+            .name(i, h.name.as_bytes())
             .map_err(|_| H1Error::Invalid(format!("header name {:?}", h.name)))?;
         let value = h.value;
         if name == header::CONTENT_LENGTH {
@@ -439,8 +495,12 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, H1E
                 let t = t.trim_ascii();
                 if t.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if !http11 && t.eq_ignore_ascii_case(b"keep-alive") {
-                    close = false;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    if !http11 {
+                        close = false;
+                    }
+                } else if let Ok(n) = HeaderName::from_bytes(t) {
+                    named.push(n);
                 }
             }
         }
@@ -468,6 +528,11 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, H1E
     for (name, off, len) in names {
         // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
         if chunked && name == header::CONTENT_LENGTH {
+            continue;
+        }
+        // Hop-by-hop (RFC 9110 §7.6.1): for this connection only, never
+        // passed on to the client.
+        if crate::proxy::is_hop_by_hop(&name) || name == header::UPGRADE || named.contains(&name) {
             continue;
         }
         let value = HeaderValue::from_maybe_shared(head.slice(off..off + len))
@@ -744,9 +809,17 @@ mod tests {
     #[test]
     fn heads_parse_with_their_framing() {
         let get = Method::GET;
-        let parse = |raw: &[u8], m: &Method| parse_head(&mut BytesMut::from(raw), m);
+        let parse = |raw: &[u8], m: &Method| {
+            parse_head(
+                &mut BytesMut::from(raw),
+                m,
+                &mut crate::h1::NameCache::default(),
+            )
+        };
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"[..]);
-        let p = parse_head(&mut buf, &get).unwrap().unwrap();
+        let p = parse_head(&mut buf, &get, &mut crate::h1::NameCache::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(&buf[..], b"hello", "the head is taken out of the buffer");
         let Parsed::Final(parts, framing, ka) = p else {
             panic!("interim")
@@ -762,6 +835,19 @@ mod tests {
         };
         assert_eq!(framing, Framing::Chunked);
         assert!(!parts.headers.contains_key(header::CONTENT_LENGTH));
+
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nConnection: X-Hop, keep-alive\r\n\
+                     X-Hop: 1\r\nKeep-Alive: timeout=5\r\nUpgrade: h2c\r\nX-End: 2\r\n\r\n";
+        let Parsed::Final(parts, _, ka) = parse(head, &get).unwrap().unwrap() else {
+            panic!()
+        };
+        assert!(ka);
+        let names: Vec<&str> = parts.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["content-length", "x-end"],
+            "hop-by-hop headers left out"
+        );
 
         let head = b"HTTP/1.0 200 OK\r\n\r\n";
         let Parsed::Final(_, framing, ka) = parse(head, &get).unwrap().unwrap() else {
@@ -784,12 +870,18 @@ mod tests {
 
         let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204"[..]);
         assert!(matches!(
-            parse_head(&mut buf, &get).unwrap().unwrap(),
+            parse_head(&mut buf, &get, &mut crate::h1::NameCache::default())
+                .unwrap()
+                .unwrap(),
             Parsed::Interim
         ));
         assert_eq!(&buf[..], b"HTTP/1.1 204");
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
-        assert!(parse_head(&mut buf, &get).unwrap().is_none());
+        assert!(
+            parse_head(&mut buf, &get, &mut crate::h1::NameCache::default())
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(buf.len(), 27, "an incomplete head stays in the buffer");
         for bad in [
             &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..],
@@ -808,6 +900,34 @@ mod tests {
     }
 
     #[test]
+    fn forwarding_headers_replace_the_clients() {
+        let real_ip = HeaderName::from_static("x-real-ip");
+        let fwd_host = HeaderName::from_static("x-forwarded-host");
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("site"));
+        headers.insert(real_ip.clone(), HeaderValue::from_static("6.6.6.6"));
+        headers.insert(fwd_host.clone(), HeaderValue::from_static("evil"));
+        headers.insert("x-keep", HeaderValue::from_static("1"));
+        let forwarded = [
+            (&real_ip, Some(HeaderValue::from_static("10.1.2.3"))),
+            (&fwd_host, None),
+        ];
+        let head = encode(&Outgoing {
+            method: &Method::GET,
+            path_and_query: "/",
+            headers: &headers,
+            forwarded: &forwarded,
+            host: "up:1",
+            host_override: false,
+            body: None,
+        });
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "GET / HTTP/1.1\r\nhost: site\r\nx-keep: 1\r\nx-real-ip: 10.1.2.3\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn request_heads_carry_host_and_length() {
         let mut headers = HeaderMap::new();
         headers.insert("x-a", HeaderValue::from_static("1"));
@@ -817,6 +937,7 @@ mod tests {
             method: &Method::POST,
             path_and_query: "/p?q=1",
             headers: &headers,
+            forwarded: &[],
             host: "10.0.0.1:80",
             host_override: false,
             body: Some(&body),
@@ -829,6 +950,7 @@ mod tests {
             method: &Method::GET,
             path_and_query: "/",
             headers: &HeaderMap::new(),
+            forwarded: &[],
             host: "h",
             host_override: false,
             body: None,
@@ -841,6 +963,7 @@ mod tests {
                 method: &Method::GET,
                 path_and_query: "/",
                 headers: &headers,
+                forwarded: &[],
                 host: "10.0.0.2:81",
                 host_override,
                 body: None,

@@ -7,3 +7,56 @@
 //!   request hands its connection to hyper's server for the rest of its life.
 pub(crate) mod client;
 pub(crate) mod server;
+
+use http::header::{HeaderName, InvalidHeaderName};
+
+/// The header names of the last message read on a connection, by position:
+/// the next message from the same peer usually repeats them, and comparing
+/// raw bytes is much cheaper than parsing a name again (case-folding and
+/// matching it against the standard names).
+#[derive(Debug, Default)]
+pub(crate) struct NameCache(Vec<(Box<[u8]>, HeaderName)>);
+
+/// Header lines remembered per connection.
+const NAME_CACHE_LINES: usize = 32;
+
+impl NameCache {
+    /// The name of the `i`-th header line, spelled `raw` on the wire.
+    pub(crate) fn name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
+        if let Some((seen, name)) = self.0.get(i) {
+            if **seen == *raw {
+                return Ok(name.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(raw)?;
+        if i < self.0.len() {
+            self.0[i] = (raw.into(), name.clone());
+        } else if i == self.0.len() && i < NAME_CACHE_LINES {
+            self.0.push((raw.into(), name.clone()));
+        }
+        Ok(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_names_equal_parsed_ones() {
+        let mut c = NameCache::default();
+        let lines: [&[u8]; 4] = [b"Content-Type", b"X-Custom", b"content-length", b"Server"];
+        for round in 0..3 {
+            for (i, raw) in lines.iter().enumerate() {
+                let name = c.name(i, raw).unwrap();
+                assert_eq!(name, HeaderName::from_bytes(raw).unwrap(), "round {round}");
+            }
+        }
+        // A different name at a known position replaces it.
+        assert_eq!(c.name(1, b"X-Other").unwrap(), "x-other");
+        assert_eq!(c.name(1, b"X-Other").unwrap(), "x-other");
+        assert_eq!(c.name(0, b"Content-Type").unwrap(), "content-type");
+        assert!(c.name(2, b"bad name").is_err());
+        assert_eq!(c.name(2, b"content-length").unwrap(), "content-length");
+    }
+}

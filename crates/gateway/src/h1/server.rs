@@ -89,6 +89,7 @@ pub(crate) async fn serve<T>(
         out: Vec::with_capacity(1024),
         lines: Vec::new(),
         names: Vec::new(),
+        cache: super::NameCache::default(),
     };
     let exit = if state.refused() {
         // Over max_connections_per_ip: hyper's side answers it (hygiene).
@@ -124,6 +125,8 @@ struct Conn<'a, T> {
     /// The head's header lines (kept to reuse the allocation).
     lines: Vec<HeaderAt>,
     names: Vec<HeaderName>,
+    /// Request header names seen last on this connection.
+    cache: super::NameCache,
 }
 
 /// What the head at the start of the buffer asks for.
@@ -242,9 +245,9 @@ where
         // Names and values were checked by httparse; HeaderName and
         // HeaderValue check them again and may still refuse some.
         self.names.clear();
-        for &(no, nl, _, _) in &self.lines {
+        for (i, &(no, nl, _, _)) in self.lines.iter().enumerate() {
             self.names
-                .push(HeaderName::from_bytes(&self.buf[no..no + nl]).ok()?);
+                .push(self.cache.name(i, &self.buf[no..no + nl]).ok()?);
         }
         // Values and the target share the head's buffer (no copies).
         let block = self.buf.split_to(head.len).freeze();
