@@ -35,6 +35,9 @@ use crate::metrics::{GaugeGuard, Metrics};
 use crate::pool::{Pool, Server};
 use crate::Shared;
 
+const X_REQUEST_ID: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-request-id");
+
 /// `tracing` target of access log lines.
 pub const ACCESS_TARGET: &str = "ragfleet::access";
 
@@ -141,16 +144,10 @@ impl Drop for Obs {
         } else {
             "ok"
         });
-        let (route, pool) = match &st.route {
-            Some((r, p)) => (&**r, p.name()),
-            None => ("none", "none"),
-        };
-        let server = st.server.as_ref().map_or("none", |s| s.addr());
         let retries = st.attempts.saturating_sub(1);
         self.metrics.record_request(
-            route,
-            pool,
-            server,
+            st.route.as_ref().map(|(r, p)| (r, p)),
+            st.server.as_ref(),
             status,
             st.headers_at,
             total,
@@ -160,6 +157,10 @@ impl Drop for Obs {
         );
         self.metrics.in_flight.fetch_sub(1, Relaxed);
         let Some(format) = self.log else { return };
+        let (route, pool) = match &st.route {
+            Some((r, p)) => (&**r, p.name()),
+            None => ("none", "none"),
+        };
         let upstream = st.server.as_ref().map_or("-", |s| s.addr());
         let request_id = st
             .request_id
@@ -289,7 +290,9 @@ pub(crate) fn respond(obs: ObsRef, res: Response<ProxyBody>) -> Response<ProxyBo
         let mut st = obs.state();
         st.status = res.status().as_u16();
         st.headers_at = Some(obs.started.elapsed());
-        st.request_id = res.headers().get("x-request-id").cloned();
+        if obs.log.is_some() {
+            st.request_id = res.headers().get(X_REQUEST_ID).cloned();
+        }
         match (&st.route, sse) {
             (Some((_, p)), true) => Some(Metrics::open(&obs.metrics.streams, p.name())),
             _ => None,

@@ -90,28 +90,14 @@ pub(crate) fn too_large(shared: &Shared, limit: u64) -> Response<ProxyBody> {
     res
 }
 
-/// Check a request before routing; on success the URI is in origin-form
-/// with its path normalised (what routes match and upstreams receive).
-pub(crate) async fn admit(
-    shared: &Arc<Shared>,
-    peer: SocketAddr,
-    req: Request<ClientBody>,
-) -> Result<Request<ClientBody>, Response<ProxyBody>> {
-    let req = check(shared, req)?;
-    let limiter = shared.edge.rate_limiter.load();
-    if limiter.is_empty() {
-        return Ok(req);
-    }
-    // Boxed: only requests under rate-limit rules carry the limiter's
-    // (Redis-capable) future; the others keep a small request future.
-    Box::pin(rate_limit(peer, req, arc_swap::Guard::into_inner(limiter))).await
-}
-
-/// The checks that need no waiting: connection state, framing, target
-/// form, path normalisation, declared body size.
+/// Admission, part one: the checks that need no waiting — connection
+/// state, framing, target form, path normalisation, declared body size. On
+/// success the URI is in origin-form with its path normalised (what routes
+/// match and upstreams receive). Part two is [`rate_limit`], for requests
+/// under rate-limit rules.
 // The refusal is the response itself, as large as the request it replaces.
 #[allow(clippy::result_large_err)]
-fn check(
+pub(crate) fn check(
     shared: &Arc<Shared>,
     mut req: Request<ClientBody>,
 ) -> Result<Request<ClientBody>, Response<ProxyBody>> {
@@ -200,7 +186,8 @@ fn check(
     Ok(req)
 }
 
-async fn rate_limit(
+/// Admission, part two: the rate limits (when there are rules).
+pub(crate) async fn rate_limit(
     peer: SocketAddr,
     req: Request<ClientBody>,
     limiter: Arc<crate::limits::RateLimiter>,

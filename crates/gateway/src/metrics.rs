@@ -275,11 +275,11 @@ pub(crate) fn unix_now() -> u64 {
 impl Metrics {
     /// Count one finished request.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record_request(
-        &self,
-        route: &str,
-        pool: &str,
-        server: &str,
+        self: &Arc<Self>,
+        route: Option<(&Arc<str>, &Arc<crate::pool::Pool>)>,
+        server: Option<&Arc<crate::pool::Server>>,
         status: u16,
         headers: Option<Duration>,
         total: Duration,
@@ -287,9 +287,9 @@ impl Metrics {
         bytes_out: u64,
         retries: u32,
     ) {
-        let s = self.requests.get([route, pool, server], Some(2));
+        let (s, r) = self.request_series(route, server);
+        let pool = route.map_or("none", |(_, p)| p.name());
         s.value.0[class_index(status)].fetch_add(1, Relaxed);
-        let r = self.routes.get([route, pool], None);
         if let Some(h) = headers {
             r.value.headers.observe(h);
         }
@@ -302,6 +302,66 @@ impl Metrics {
                 .value
                 .fetch_add(retries as u64, Relaxed);
         }
+    }
+
+    /// The (route, pool, server) and (route, pool) series of a request. The
+    /// last ones are kept per thread, by identity of the route, pool and
+    /// server (held, so their addresses cannot be reused): consecutive
+    /// requests mostly share them, and the lookup hashes three strings
+    /// under a lock.
+    fn request_series(
+        self: &Arc<Self>,
+        route: Option<(&Arc<str>, &Arc<crate::pool::Pool>)>,
+        server: Option<&Arc<crate::pool::Server>>,
+    ) -> (Arc<Series<ByClass, 3>>, Arc<Series<RouteStats, 2>>) {
+        struct Last {
+            metrics: Arc<Metrics>,
+            route: Arc<str>,
+            pool: Arc<crate::pool::Pool>,
+            server: Option<Arc<crate::pool::Server>>,
+            requests: Arc<Series<ByClass, 3>>,
+            routes: Arc<Series<RouteStats, 2>>,
+        }
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<Last>> = const { std::cell::RefCell::new(None) };
+        }
+        let lookup = || {
+            let (r, p) = route.map_or(("none", "none"), |(r, p)| (&**r, p.name()));
+            let s = server.map_or("none", |s| s.addr());
+            (
+                self.requests.get([r, p, s], Some(2)),
+                self.routes.get([r, p], None),
+            )
+        };
+        let Some((route, pool)) = route else {
+            return lookup();
+        };
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            if let Some(l) = &*last {
+                if Arc::ptr_eq(&l.metrics, self)
+                    && Arc::ptr_eq(&l.route, route)
+                    && Arc::ptr_eq(&l.pool, pool)
+                    && match (&l.server, server) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    }
+                {
+                    return (l.requests.clone(), l.routes.clone());
+                }
+            }
+            let (requests, routes) = lookup();
+            *last = Some(Last {
+                metrics: self.clone(),
+                route: route.clone(),
+                pool: pool.clone(),
+                server: server.cloned(),
+                requests: requests.clone(),
+                routes: routes.clone(),
+            });
+            (requests, routes)
+        })
     }
 
     /// +1 on a per-pool gauge until the guard drops.

@@ -22,9 +22,14 @@ use crate::config::{FailKind, HashKey, Policy, PoolConfig, ServerConfig};
 
 /// Nanoseconds since a process-wide epoch (never 0).
 pub(crate) fn now_nanos() -> u64 {
+    nanos_at(Instant::now())
+}
+
+/// `t` on the clock of [`now_nanos`].
+pub(crate) fn nanos_at(t: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
-    epoch.elapsed().as_nanos() as u64 + 1
+    t.saturating_duration_since(epoch).as_nanos() as u64 + 1
 }
 
 /// Latency assumed for a server nothing is known about yet.
@@ -156,7 +161,8 @@ impl Server {
 
     /// Passive health verdict at `now`.
     pub fn passive_down(&self) -> bool {
-        self.passive_down_at(now_nanos())
+        // No clock read for a server that was never marked down.
+        self.down_until.load(Relaxed) != 0 && self.passive_down_at(now_nanos())
     }
 
     fn passive_down_at(&self, now: u64) -> bool {
@@ -261,8 +267,10 @@ impl Server {
         v * (-dt / EWMA_TAU_NS).exp()
     }
 
-    pub(crate) fn observe_latency(&self, rtt: Duration) {
-        let now = now_nanos();
+    /// Record an attempt's time to response headers; `at` is when it was
+    /// measured (it saves the caller's clock read a second one here).
+    pub(crate) fn observe_latency(&self, rtt: Duration, at: Instant) {
+        let now = nanos_at(at);
         let rtt = rtt.as_nanos() as f64;
         let at = self.ewma_at.load(Relaxed);
         let next = if at == 0 {
@@ -545,7 +553,7 @@ impl Pool {
         let now = now_nanos();
         let slow_start = self.cfg.slow_start.0;
         let usable = |s: &Arc<Server>| s.available() && !tried.iter().any(|t| Arc::ptr_eq(t, s));
-        let mut cands: Vec<Cand<'_>> = Vec::with_capacity(set.servers.len());
+        let mut cands: smallvec::SmallVec<[Cand<'_>; 8]> = smallvec::SmallVec::new();
         for backup in [false, true] {
             for (i, s) in set.servers.iter().enumerate() {
                 if s.is_backup() == backup && usable(s) {

@@ -222,20 +222,26 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     req: Request<ClientBody>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    // One async level for the whole request (each level moves the request
+    // and its future again).
     let obs = crate::access_log::begin(&shared, peer, &req);
-    let Ok(res) = handle_inner(shared, peer, req, obs.clone()).await;
-    Ok(crate::access_log::respond(obs, res))
-}
-
-async fn handle_inner(
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    req: Request<ClientBody>,
-    obs: ObsRef,
-) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let request_id = request_id_of(req.headers());
     // Hygiene and rate limits first: routes match the normalised path.
-    let mut res = match crate::hygiene::admit(&shared, peer, req).await {
+    let admitted = match crate::hygiene::check(&shared, req) {
+        Ok(req) => {
+            let limiter = shared.edge.rate_limiter.load();
+            if limiter.is_empty() {
+                Ok(req)
+            } else {
+                // Boxed: only requests under rate-limit rules carry the
+                // limiter's (Redis-capable) future.
+                let limiter = arc_swap::Guard::into_inner(limiter);
+                Box::pin(crate::hygiene::rate_limit(peer, req, limiter)).await
+            }
+        }
+        Err(res) => Err(res),
+    };
+    let mut res = match admitted {
         Ok(req) => {
             let rt = shared.runtime.load_full();
             match rt.route_with_prefix(req.uri().path()) {
@@ -243,7 +249,15 @@ async fn handle_inner(
                     obs.0.set_route(prefix, pool);
                     // Boxed: the request path's largest future stays behind one
                     // pointer instead of being copied through every caller's state.
-                    Box::pin(proxy(&shared, pool, peer, req, request_id.clone(), obs)).await
+                    Box::pin(proxy(
+                        &shared,
+                        pool,
+                        peer,
+                        req,
+                        request_id.clone(),
+                        obs.clone(),
+                    ))
+                    .await
                 }
                 None => {
                     let msg = format!("no route for {}", req.uri().path());
@@ -254,7 +268,7 @@ async fn handle_inner(
         Err(res) => res,
     };
     res.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
-    Ok(res)
+    Ok(crate::access_log::respond(obs, res))
 }
 
 /// Whether a failed upstream request failed because the client's body
@@ -373,7 +387,7 @@ async fn proxy(
 
     pool.budget.deposit();
     let tries = cfg.retries.tries.max(1);
-    let mut tried: Vec<Arc<crate::pool::Server>> = Vec::new();
+    let mut tried: smallvec::SmallVec<[Arc<crate::pool::Server>; 4]> = smallvec::SmallVec::new();
     let mut last_error: Option<AttemptError> = None;
     let timeouts = &cfg.timeouts;
     // A retryable response (e.g. 503) kept in case no other server can answer.
@@ -432,12 +446,12 @@ async fn proxy(
                         _ => None,
                     },
                 };
-                let deadline = tokio::time::Instant::now() + headers_deadline;
                 let send = crate::h1::client::send(
                     server.upstream(),
                     pool.conn_settings(),
                     &out,
-                    deadline,
+                    started,
+                    headers_deadline,
                 );
                 match send.await {
                     Ok(res) => Ok(Ok(res.map(|b| UpstreamInner::H1(Box::new(b))))),
@@ -517,7 +531,8 @@ async fn proxy(
                 } else {
                     server.record_success();
                 }
-                server.observe_latency(started.elapsed());
+                let now = Instant::now();
+                server.observe_latency(now - started, now);
                 if status == 101 {
                     if let Some(client_up) = client_upgrade {
                         let (parts, body) = res.into_parts();

@@ -72,6 +72,8 @@ struct Conn {
     out: Vec<u8>,
     /// Response header names seen last on this connection.
     names: super::NameCache,
+    /// Scratch for the response head's header lines.
+    lines: Vec<(HeaderName, usize, usize)>,
     /// The response-head deadline of the request in progress. One timer per
     /// connection, moved forward per request: tokio extends a registered
     /// timer to a later deadline without touching its wheel, where a new
@@ -79,21 +81,24 @@ struct Conn {
     timer: Pin<Box<tokio::time::Sleep>>,
     /// Served a request before (a failure on it may be a stale keep-alive).
     reused: bool,
+    /// When its last request began: its idle age counts from there (a
+    /// little older than it is, which errs on the safe side).
+    used: Instant,
 }
 
 /// Idle keep-alive connections to one server, newest last, with their
 /// (empty) buffers.
 #[derive(Debug, Default)]
 pub(crate) struct IdleConns {
-    list: Mutex<Vec<(Conn, Instant)>>,
+    list: Mutex<Vec<Conn>>,
 }
 
 impl IdleConns {
     /// The newest idle connection that is still open and fresh.
-    fn take(&self, max_age: Duration) -> Option<Conn> {
+    fn take(&self, max_age: Duration, now: Instant) -> Option<Conn> {
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((mut conn, since)) = list.pop() {
-            if since.elapsed() > max_age {
+        while let Some(mut conn) = list.pop() {
+            if now.saturating_duration_since(conn.used) > max_age {
                 // Everything below is older still.
                 list.clear();
                 return None;
@@ -120,7 +125,7 @@ impl IdleConns {
         if list.len() >= max {
             list.remove(0);
         }
-        list.push((conn, Instant::now()));
+        list.push(conn);
     }
 
     /// Idle connections held now.
@@ -174,19 +179,22 @@ pub(crate) struct Outgoing<'a> {
 /// the returned response; its connection returns to `up`'s idle list when
 /// it ends (if both sides keep it alive).
 ///
-/// `deadline` bounds the whole exchange up to the response head (a new
-/// connection's connect also has `settings.connect_timeout`); past it the
-/// result is [`H1Error::Timeout`].
+/// `timeout` from `started` bounds the whole exchange up to the response
+/// head (a new connection's connect also has `settings.connect_timeout`);
+/// past it the result is [`H1Error::Timeout`].
 pub(crate) async fn send(
     up: &Arc<Upstream>,
     settings: ConnSettings,
     req: &Outgoing<'_>,
-    deadline: tokio::time::Instant,
+    started: Instant,
+    timeout: Duration,
 ) -> Result<Response<H1Body>, H1Error> {
-    let mut conn = match up.idle.take(settings.idle_timeout) {
+    let deadline = tokio::time::Instant::from_std(started + timeout);
+    let mut conn = match up.idle.take(settings.idle_timeout, started) {
         Some(conn) => conn,
         None => connect(up, settings.connect_timeout.min(until(deadline))).await?,
     };
+    conn.used = started;
     encode_head(req, &mut conn.out);
     conn.timer.as_mut().reset(deadline);
     match exchange(conn, req, up, settings).await {
@@ -196,6 +204,7 @@ pub(crate) async fn send(
         Err((true, e)) if may_repeat(req.method) && stale(&e) => {
             tracing::debug!(upstream = %up.addr, "kept-alive connection was closed: {e}; reconnecting");
             let mut conn = connect(up, settings.connect_timeout.min(until(deadline))).await?;
+            conn.used = started;
             encode_head(req, &mut conn.out);
             conn.timer.as_mut().reset(deadline);
             exchange(conn, req, up, settings).await.map_err(|(_, e)| e)
@@ -255,8 +264,10 @@ async fn connect(up: &Upstream, timeout: Duration) -> Result<Conn, H1Error> {
         buf: BytesMut::with_capacity(READ_BUF),
         out: Vec::with_capacity(512),
         names: super::NameCache::default(),
+        lines: Vec::new(),
         timer: Box::pin(tokio::time::sleep(Duration::from_secs(86400))),
         reused: false,
+        used: Instant::now(),
     })
 }
 
@@ -301,7 +312,7 @@ async fn exchange(
         }
     }
     loop {
-        let parsed = parse_head(&mut conn.buf, req.method, &mut conn.names);
+        let parsed = parse_head(&mut conn.buf, req.method, &mut conn.names, &mut conn.lines);
         match parsed {
             Err(e) => return Err((false, e)),
             Ok(Some(Parsed::Interim)) => {}
@@ -428,6 +439,7 @@ fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
     cache: &mut super::NameCache,
+    names: &mut Vec<(HeaderName, usize, usize)>,
 ) -> Result<Option<Parsed>, H1Error> {
     if buf.is_empty() {
         return Ok(None);
@@ -465,7 +477,7 @@ fn parse_head(
     let mut named: Vec<HeaderName> = Vec::new();
     // Names now; values below as slices of the head's own bytes (no copies).
     let base = buf.as_ptr() as usize;
-    let mut names = Vec::with_capacity(res.headers.len());
+    names.clear();
     for (i, h) in res.headers.iter().enumerate() {
         let name = cache
             .name(i, h.name.as_bytes())
@@ -525,7 +537,7 @@ fn parse_head(
     let head = buf.split_to(n).freeze();
     // Room for what the proxy adds (X-Request-Id) without growing.
     let mut headers = HeaderMap::with_capacity(names.len() + 2);
-    for (name, off, len) in names {
+    for (name, off, len) in names.drain(..) {
         // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
         if chunked && name == header::CONTENT_LENGTH {
             continue;
@@ -814,12 +826,18 @@ mod tests {
                 &mut BytesMut::from(raw),
                 m,
                 &mut crate::h1::NameCache::default(),
+                &mut Vec::new(),
             )
         };
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"[..]);
-        let p = parse_head(&mut buf, &get, &mut crate::h1::NameCache::default())
-            .unwrap()
-            .unwrap();
+        let p = parse_head(
+            &mut buf,
+            &get,
+            &mut crate::h1::NameCache::default(),
+            &mut Vec::new(),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(&buf[..], b"hello", "the head is taken out of the buffer");
         let Parsed::Final(parts, framing, ka) = p else {
             panic!("interim")
@@ -870,18 +888,26 @@ mod tests {
 
         let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204"[..]);
         assert!(matches!(
-            parse_head(&mut buf, &get, &mut crate::h1::NameCache::default())
-                .unwrap()
-                .unwrap(),
+            parse_head(
+                &mut buf,
+                &get,
+                &mut crate::h1::NameCache::default(),
+                &mut Vec::new()
+            )
+            .unwrap()
+            .unwrap(),
             Parsed::Interim
         ));
         assert_eq!(&buf[..], b"HTTP/1.1 204");
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
-        assert!(
-            parse_head(&mut buf, &get, &mut crate::h1::NameCache::default())
-                .unwrap()
-                .is_none()
-        );
+        assert!(parse_head(
+            &mut buf,
+            &get,
+            &mut crate::h1::NameCache::default(),
+            &mut Vec::new()
+        )
+        .unwrap()
+        .is_none());
         assert_eq!(buf.len(), 27, "an incomplete head stays in the buffer");
         for bad in [
             &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..],

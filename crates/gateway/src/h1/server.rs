@@ -168,14 +168,20 @@ where
         tokio::pin!(timer);
         let mut timer_at = far;
         loop {
-            // A complete head (and body) in the buffer.
-            let mut head_started = (!self.buf.is_empty()).then(Instant::now);
+            // A complete head (and body) in the buffer. When the head being
+            // read got its first byte: read from the
+            // clock only once a head turns out to be incomplete (a complete
+            // one, the common case, needs no deadline).
+            let mut head_started: Option<Instant> = None;
+            let mut head_pending = !self.buf.is_empty();
             let head = loop {
                 if !self.buf.is_empty() {
                     match parse(&self.buf, edge.max_header_size, &mut self.lines) {
                         Parsed::Fast(h) => break h,
                         Parsed::HandOff => return Exit::HandOff(self.buf.split().freeze()),
-                        Parsed::Partial => {}
+                        Parsed::Partial => {
+                            head_started.get_or_insert_with(Instant::now);
+                        }
                     }
                 }
                 let (deadline, idle) = if served == 0 {
@@ -198,9 +204,7 @@ where
                     biased;
                     r = self.io.read_buf(&mut self.buf) => match r {
                         Ok(0) | Err(_) => return Exit::Closed,
-                        Ok(_) => {
-                            head_started.get_or_insert_with(Instant::now);
-                        }
+                        Ok(_) => head_pending = true,
                     },
                     _ = &mut timer, if deadline.is_some() => {
                         if Instant::now() < at {
@@ -217,7 +221,7 @@ where
                         }
                         return Exit::Closed;
                     }
-                    _ = &mut stopped, if head_started.is_none() => return Exit::Closed,
+                    _ = &mut stopped, if !head_pending => return Exit::Closed,
                 }
             };
 
