@@ -31,7 +31,9 @@ pub enum ClientBody {
     /// From hyper's server: HTTP/2, and the HTTP/1 requests the gateway's own
     /// server hands over (streamed or chunked bodies, upgrades, …).
     Hyper(Incoming),
-    /// Read whole by the gateway's own HTTP/1.1 server (`h1/server.rs`).
+    /// Read whole by the gateway's own HTTP/1.1 server (`h1/server.rs`),
+    /// which has left hop-by-hop headers out of the request and never
+    /// passes on an upgrade.
     Buffered(Bytes),
 }
 

@@ -171,11 +171,15 @@ pub(crate) fn check(
     }
     let max = shared.edge.max_body_size;
     if max > 0 {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = match req.body() {
+            // Already read, and its length checked against the header.
+            ClientBody::Buffered(b) => Some(b.len() as u64),
+            ClientBody::Hyper(_) => req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok()),
+        };
         if declared.is_some_and(|n| n > max) {
             if let Some(i) = info {
                 i.close_after_response();

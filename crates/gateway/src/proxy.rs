@@ -293,7 +293,9 @@ async fn proxy(
     obs: ObsRef,
 ) -> Response<ProxyBody> {
     let cfg = &pool.cfg;
-    let websocket = is_websocket(req.headers());
+    // From the gateway's own HTTP/1.1 server: no hop-by-hop headers, no upgrade.
+    let own_server = matches!(req.body(), ClientBody::Buffered(_));
+    let websocket = !own_server && is_websocket(req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let ctx = PickCtx {
         client_ip: peer.ip(),
@@ -304,13 +306,15 @@ async fn proxy(
     // Headers sent upstream (the same for every attempt, Host aside).
     let mut headers = parts.headers;
     let client_host = headers.get(header::HOST).cloned();
-    let upgrade_value = headers.get(header::UPGRADE).cloned();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::UPGRADE);
-    if websocket {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        if let Some(u) = upgrade_value {
-            headers.insert(header::UPGRADE, u);
+    if !own_server {
+        let upgrade_value = headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut headers);
+        headers.remove(header::UPGRADE);
+        if websocket {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(u) = upgrade_value {
+                headers.insert(header::UPGRADE, u);
+            }
         }
     }
     // The forwarding headers replace whatever the client sent under these

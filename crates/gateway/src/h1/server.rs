@@ -14,6 +14,11 @@
 //! parsing cost about 17k instructions where this loop costs a few
 //! thousand (`bench/gateway/instructions.sh`).
 //!
+//! Hop-by-hop request headers (Connection, Keep-Alive, TE, Trailer,
+//! Proxy-*) are left out of the request it hands on, so the proxy has none
+//! to strip; a Connection header naming anything but `close`/`keep-alive`
+//! goes to hyper.
+//!
 //! What it keeps of hyper's server: keep-alive and pipelining (requests are
 //! answered in order), `Connection: close` both ways, a `Date` header,
 //! `Content-Length` or chunked framing chosen from the body (event streams
@@ -543,10 +548,22 @@ fn parse(buf: &[u8], max_head: usize, lines: &mut Vec<HeaderAt>) -> Parsed {
                 let t = t.trim_ascii();
                 if t.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if t.eq_ignore_ascii_case(b"upgrade") {
+                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                    // An upgrade, or headers named hop-by-hop: hyper's.
                     return Parsed::HandOff;
                 }
             }
+            // Hop-by-hop: not passed on (nor kept).
+            continue;
+        } else if name.eq_ignore_ascii_case(b"keep-alive")
+            || name.eq_ignore_ascii_case(b"te")
+            || name.eq_ignore_ascii_case(b"trailer")
+            || name.eq_ignore_ascii_case(b"proxy-connection")
+            || name.eq_ignore_ascii_case(b"proxy-authorization")
+            || name.eq_ignore_ascii_case(b"proxy-authenticate")
+        {
+            // Hop-by-hop (RFC 9110 §7.6.1): for this connection only.
+            continue;
         }
         lines.push((offset(name), name.len(), offset(h.value), h.value.len()));
     }
@@ -699,6 +716,12 @@ mod tests {
         );
         assert!(!h.close);
 
+        // Hop-by-hop lines are left out.
+        let raw = b"GET / HTTP/1.1\r\nConnection: keep-alive\r\nTE: trailers\r\nKeep-Alive: 5\r\nX-A: 1\r\n\r\n";
+        let (_, lines) = fast(raw);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(&raw[lines[0].0..lines[0].0 + lines[0].1], b"X-A");
+
         let (h, _) = fast(b"POST /p HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
         assert_eq!((h.body, h.close), (3, true));
         assert_eq!(h.method, Method::POST);
@@ -719,6 +742,7 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
             b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nConnection: keep-alive, upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: x-secret\r\nX-Secret: 1\r\n\r\n",
             b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
             b"GET http://example.com/ HTTP/1.1\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\n\r\n",
