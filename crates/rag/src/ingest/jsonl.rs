@@ -1,6 +1,7 @@
 //! JSON Lines in BEIR corpus layout: one `{"_id", "title", "text"}` object a
 //! line. Ids are kept verbatim (`id` is accepted too; numbers become their
 //! decimal text). Other fields go to metadata (a `metadata` object is merged).
+//! A document with an empty `text` but a title (BEIR has such) is its title.
 //! A bad line is an error naming its line number; the other lines still load.
 use serde_json::Value;
 
@@ -35,8 +36,7 @@ fn parse_line(line: &str) -> Result<NewDocument, String> {
         Some(_) => return Err("`_id` must be a string or a number".into()),
     };
     let text = match obj.remove("text") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s,
-        Some(Value::String(_)) => return Err("`text` is empty".into()),
+        Some(Value::String(s)) => s,
         Some(_) => return Err("`text` must be a string".into()),
         None => return Err("missing `text`".into()),
     };
@@ -45,6 +45,13 @@ fn parse_line(line: &str) -> Result<NewDocument, String> {
         Some(Value::String(s)) if s.trim().is_empty() => None,
         Some(Value::String(s)) => Some(s),
         Some(_) => return Err("`title` must be a string".into()),
+    };
+    // Some BEIR corpora hold title-only documents (an empty `text`): the
+    // title is then the whole searchable content, so it becomes the text.
+    let text = match (text.trim().is_empty(), &title) {
+        (false, _) => text,
+        (true, Some(t)) => t.clone(),
+        (true, None) => return Err("`text` is empty and there is no `title`".into()),
     };
     let mut metadata = match obj.remove("metadata") {
         Some(Value::Object(m)) => m,
@@ -61,4 +68,26 @@ fn parse_line(line: &str) -> Result<NewDocument, String> {
         metadata,
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn title_only_documents_are_their_title() {
+        let docs = parse(concat!(
+            "{\"_id\": \"t\", \"title\": \"Only a title\", \"text\": \"\"}\n",
+            "{\"_id\": \"e\", \"title\": \" \", \"text\": \"  \"}\n",
+        ))
+        .unwrap();
+        let first = docs[0].as_ref().unwrap();
+        assert_eq!(first.text, "Only a title");
+        assert_eq!(first.title.as_deref(), Some("Only a title"));
+        let err = docs[1].as_ref().unwrap_err();
+        assert!(
+            err.contains("`text` is empty and there is no `title`"),
+            "{err}"
+        );
+    }
 }
