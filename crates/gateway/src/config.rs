@@ -210,6 +210,9 @@ pub struct Listen {
     /// A client connection with no request in progress is closed after
     /// this long ("0" = never).
     pub keepalive_timeout: Dur,
+    /// A write to a client that makes no progress for this long (the
+    /// client stopped reading) closes the connection ("0" = never).
+    pub send_timeout: Dur,
     /// Largest request body accepted (413 beyond; 0 = no limit).
     pub max_body_size: Size,
     /// Largest request head (request line + headers) accepted (431 beyond).
@@ -227,6 +230,7 @@ impl Default for Listen {
             header_read_timeout: Dur::secs(10),
             forwarded_proto: None,
             keepalive_timeout: Dur::secs(75),
+            send_timeout: Dur::secs(60),
             max_body_size: Size(10 << 20),
             max_header_size: Size(32 << 10),
             max_connections_per_ip: 0,

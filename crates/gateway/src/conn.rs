@@ -6,7 +6,10 @@
 //!   complete within it of the connection's start, every later head within
 //!   it of its first byte; otherwise the connection is dropped;
 //! - `keepalive_timeout`: a connection with no request in progress (and no
-//!   response still streaming) is closed after it.
+//!   response still streaming) is closed after it;
+//! - `send_timeout` ([`SendTimeout`], under both HTTP/1.1 servers and
+//!   HTTP/2): a write to the client that makes no progress for that long
+//!   fails, which closes the connection.
 //!
 //! hyper's own header timer also runs while a keep-alive connection is idle,
 //! which would make the two one; so it is off and the timers live here.
@@ -54,6 +57,8 @@ pub(crate) struct Edge {
     pub(crate) max_header_size: usize,
     pub(crate) header_read_timeout: Duration,
     pub(crate) keepalive_timeout: Duration,
+    /// 0 = none.
+    pub(crate) send_timeout: Duration,
 }
 
 impl Edge {
@@ -356,12 +361,116 @@ pub(crate) async fn serve(
             // A fresh start for the header timer: the handshake had its own.
             state.idle_since.store(now_nanos(), Relaxed);
             if h2 {
+                let stream = SendTimeout::new(stream, shared.edge.send_timeout);
                 let io = watched(stream, &state, &shared, slot, false);
                 serve_h2(shared, io, peer, state, hsts, stop).await
             } else {
                 crate::h1::server::serve(shared, stream, peer, state, slot, hsts, stop).await
             }
         }
+    }
+}
+
+/// A client's byte stream under `listen.send_timeout`: a write, flush or
+/// shutdown that stays pending (the client is not reading; the socket
+/// buffer is full) for that long fails with `TimedOut`, and the server
+/// closes the connection. Without it a client that stops reading holds its
+/// connection, and the upstream stream behind it, for as long as it likes
+/// (nginx's `send_timeout`). The clock is only read when a write would
+/// block; any write that makes progress disarms the timer.
+pub(crate) struct SendTimeout<T> {
+    inner: T,
+    /// `None`: no timeout.
+    timeout: Option<Duration>,
+    /// Made on the first write that would block, then reused.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl<T> SendTimeout<T> {
+    pub(crate) fn new(inner: T, timeout: Duration) -> SendTimeout<T> {
+        SendTimeout {
+            inner,
+            timeout: (!timeout.is_zero()).then_some(timeout),
+            timer: None,
+            armed: false,
+        }
+    }
+
+    /// Pass on a write-side result; a pending one arms the timer (if not
+    /// yet armed) and fails once it has run out.
+    fn watch<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if r.is_ready() {
+            self.armed = false;
+            return r;
+        }
+        let Some(timeout) = self.timeout else {
+            return r;
+        };
+        if !self.armed {
+            let deadline = tokio::time::Instant::now() + timeout;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        let expired = match &mut self.timer {
+            Some(t) => t.as_mut().poll(cx).is_ready(),
+            None => false,
+        };
+        if expired {
+            self.armed = false;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "listen.send_timeout: the client stopped reading",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SendTimeout<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch(cx, r)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch(cx, r)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch(cx, r)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.watch(cx, r)
     }
 }
 

@@ -272,6 +272,7 @@ impl Gateway {
             max_header_size: usize::try_from(config.listen.max_header_size.0).unwrap_or(usize::MAX),
             header_read_timeout: config.listen.header_read_timeout.0,
             keepalive_timeout: config.listen.keepalive_timeout.0,
+            send_timeout: config.listen.send_timeout.0,
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let shared = Arc::new(Shared {

@@ -319,3 +319,97 @@ async fn a_long_stream_is_not_cut_by_the_keep_alive_timeout() {
     let r = read(res).await.unwrap();
     assert_eq!(r.body.matches("data: event").count() as u64, SSE_EVENTS);
 }
+
+/// An upstream that answers every request with an endless chunked body in
+/// 64 KiB chunks; sends the request line on `ended` when a write fails (its
+/// reader is gone).
+async fn endless_upstream(ended: tokio::sync::mpsc::UnboundedSender<String>) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let ended = ended.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let chunk = [
+                    format!("{:x}\r\n", 64 * 1024).into_bytes(),
+                    vec![b'x'; 64 * 1024],
+                    b"\r\n".to_vec(),
+                ]
+                .concat();
+                let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                loop {
+                    out.extend_from_slice(&chunk);
+                    if s.write_all(&out).await.is_err() {
+                        let line = String::from_utf8_lossy(&head);
+                        let _ = ended.send(line.lines().next().unwrap_or("").to_string());
+                        return;
+                    }
+                    out.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A client that sends a request and then never reads: once the socket
+/// buffers are full the gateway's writes stall, and after
+/// `listen.send_timeout` it closes the connection and drops the upstream
+/// stream (whose writes then fail). Without the timeout both would be held
+/// for ever. A client that reads gets the whole stream meanwhile.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_send_timeout() {
+    let (tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    let up = endless_upstream(tx).await;
+    let gw = TestGateway::start(&format!(
+        "[listen]\nsend_timeout = \"1s\"\n[[route]]\nprefix = \"/\"\npool = \"p\"\n\
+         [pool.p]\nservers = [{{ addr = \"{up}\" }}]\n[pool.p.timeouts]\nbody_idle = \"600s\"\n"
+    ))
+    .await;
+    let mut stalled = TcpStream::connect(gw.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /stalled HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // A reading client alongside is not affected: 4 MiB arrive.
+    let mut reader = TcpStream::connect(gw.addr).await.unwrap();
+    reader
+        .write_all(b"GET /reader HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = 0usize;
+    let mut b = vec![0u8; 64 * 1024];
+    while got < 4 << 20 {
+        let n = reader.read(&mut b).await.unwrap();
+        assert!(n > 0, "the reading client's stream ended after {got} bytes");
+        got += n;
+    }
+    // The stalled client's upstream stream ends: the gateway gave up on it.
+    // (The reader, no longer read either, may be cut too; it is not waited for.)
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = ended.recv().await {
+            if line.starts_with("GET /stalled ") {
+                return;
+            }
+        }
+        panic!("the upstream stopped");
+    })
+    .await
+    .expect("the stalled client's stream was never dropped");
+    // And its connection is closed (what the buffers held, then EOF).
+    let mut sink = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut sink)).await;
+    assert!(
+        matches!(r, Ok(Ok(_)) | Ok(Err(_))),
+        "the stalled connection was not closed"
+    );
+    drop(reader);
+}

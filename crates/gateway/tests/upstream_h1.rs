@@ -113,6 +113,12 @@ async fn serve_raw(mut sock: TcpStream, script: Script, reqs: Arc<AtomicU64>) {
                     "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
                     text.len()
                 );
+                // `/slow`: the head at once, the body 1.5 s later.
+                if head.starts_with("GET /slow ") {
+                    let _ = sock.write_all(out.as_bytes()).await;
+                    out.clear();
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
                 if !head_only {
                     out.push_str(&text);
                 }
@@ -197,6 +203,45 @@ async fn keep_alive_connections_are_reused() {
     let r = read(res).await.unwrap();
     assert_eq!(r.body, "answer 21 to 5");
     assert_eq!(up.accepted.load(SeqCst), 1);
+}
+
+/// A connection's idle age counts from the end of its last response, not
+/// from its start: a response that streamed for longer than the pool's
+/// `keepalive_timeout` leaves a fresh idle connection, which the next
+/// request reuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_age_counts_from_the_end_of_the_last_response() {
+    let up = raw_upstream(Script::Length).await;
+    let toml = format!(
+        "[[route]]\nprefix = \"/\"\npool = \"p\"\n[pool.p]\npolicy = \"round_robin\"\nmax_fails = 0\n\
+         keepalive_timeout = \"1s\"\nservers = [{{ addr = \"{}\" }}]\n",
+        up.addr
+    );
+    let gw = TestGateway::start(&toml).await;
+    let slow = {
+        let addr = gw.addr;
+        tokio::spawn(async move {
+            let res = send_from(None, addr, request("GET", addr, "/slow", &[], ""))
+                .await
+                .unwrap();
+            read(res).await.unwrap()
+        })
+    };
+    // While /slow streams: a second connection, idle from ~0.2 s on.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(gw.get("/x").await.status, 200);
+    assert_eq!(up.accepted.load(SeqCst), 2);
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.starts_with("answer 1 "), "{}", r.body);
+    // /slow took 1.5 s (> keepalive_timeout) but ended just now: its
+    // connection is fresh and serves the next request.
+    assert_eq!(gw.get("/x").await.status, 200);
+    assert_eq!(
+        up.accepted.load(SeqCst),
+        2,
+        "the connection that served /slow was dropped as stale"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,8 +81,8 @@ struct Conn {
     timer: Pin<Box<tokio::time::Sleep>>,
     /// Served a request before (a failure on it may be a stale keep-alive).
     reused: bool,
-    /// When its last request began: its idle age counts from there (a
-    /// little older than it is, which errs on the safe side).
+    /// When it last went idle (its response ended): its idle age counts
+    /// from there, and the idle list is ordered by it.
     used: Instant,
 }
 
@@ -175,6 +175,28 @@ pub(crate) struct Outgoing<'a> {
     pub body: Option<&'a Bytes>,
 }
 
+/// A Content-Length value: ASCII digits only (`parse::<u64>` would also
+/// take a `+` sign), within u64.
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// A chunk size: 1 to 16 hex digits, nothing else.
+fn parse_hex(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &d| {
+        let v = (d as char).to_digit(16)?;
+        Some((n << 4) | u64::from(v))
+    })
+}
+
 /// Send `req` to `up` and read the response head. The body streams from
 /// the returned response; its connection returns to `up`'s idle list when
 /// it ends (if both sides keep it alive).
@@ -194,7 +216,6 @@ pub(crate) async fn send(
         Some(conn) => conn,
         None => connect(up, settings.connect_timeout.min(until(deadline))).await?,
     };
-    conn.used = started;
     encode_head(req, &mut conn.out);
     conn.timer.as_mut().reset(deadline);
     match exchange(conn, req, up, settings).await {
@@ -204,7 +225,6 @@ pub(crate) async fn send(
         Err((true, e)) if may_repeat(req.method) && stale(&e) => {
             tracing::debug!(upstream = %up.addr, "kept-alive connection was closed: {e}; reconnecting");
             let mut conn = connect(up, settings.connect_timeout.min(until(deadline))).await?;
-            conn.used = started;
             encode_head(req, &mut conn.out);
             conn.timer.as_mut().reset(deadline);
             exchange(conn, req, up, settings).await.map_err(|(_, e)| e)
@@ -484,9 +504,7 @@ fn parse_head(
             .map_err(|_| H1Error::Invalid(format!("header name {:?}", h.name)))?;
         let value = h.value;
         if name == header::CONTENT_LENGTH {
-            let v = std::str::from_utf8(value)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+            let v = parse_decimal(value.trim_ascii())
                 .ok_or_else(|| H1Error::Invalid("bad Content-Length".into()))?;
             if length.is_some_and(|l| l != v) {
                 return Err(H1Error::Invalid("conflicting Content-Length".into()));
@@ -517,6 +535,11 @@ fn parse_head(
             }
         }
         names.push((name, value.as_ptr() as usize - base, value.len()));
+    }
+    // Both framings at once (RFC 9112 §6.3): Transfer-Encoding is used,
+    // and the connection is not trusted with another request.
+    if has_te && length.is_some() {
+        close = true;
     }
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -631,6 +654,11 @@ impl H1Body {
         self.done = true;
         if let Some(conn) = self.conn.take() {
             if self.keep_alive && conn.buf.is_empty() {
+                let mut conn = conn;
+                // Idle from now: a response that streamed for longer than
+                // the idle timeout must not make this connection look stale
+                // (and `take` drop the fresher ones listed below it).
+                conn.used = Instant::now();
                 self.home.idle.put(conn, self.settings.max_idle);
             }
         }
@@ -674,12 +702,12 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, BoxE
                 };
                 let line = &buf[..eol];
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
+                // chunk-size [BWS ";" chunk-ext]: hex digits only (no sign,
+                // no leading space), at most 16 of them.
                 let hex = line.split(|&c| c == b';').next().unwrap_or(b"");
-                let hex = std::str::from_utf8(hex)
-                    .map_err(|_| "bad chunk size")?
-                    .trim();
-                let size =
-                    u64::from_str_radix(hex, 16).map_err(|_| format!("bad chunk size {hex:?}"))?;
+                let hex = hex.trim_ascii_end();
+                let size = parse_hex(hex)
+                    .ok_or_else(|| format!("bad chunk size {:?}", String::from_utf8_lossy(hex)))?;
                 buf.advance(eol + 1);
                 *state = if size == 0 {
                     Chunk::Trailers
@@ -848,11 +876,12 @@ mod tests {
         assert!(ka);
 
         let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 9\r\n\r\n";
-        let Parsed::Final(parts, framing, _) = parse(head, &get).unwrap().unwrap() else {
+        let Parsed::Final(parts, framing, ka) = parse(head, &get).unwrap().unwrap() else {
             panic!()
         };
         assert_eq!(framing, Framing::Chunked);
         assert!(!parts.headers.contains_key(header::CONTENT_LENGTH));
+        assert!(!ka, "both framings: the connection is not reused");
 
         let head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nConnection: X-Hop, keep-alive\r\n\
                      X-Hop: 1\r\nKeep-Alive: timeout=5\r\nUpgrade: h2c\r\nX-End: 2\r\n\r\n";
@@ -912,11 +941,52 @@ mod tests {
         for bad in [
             &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             b"SMTP ready\r\n\r\n",
         ] {
             assert!(parse(bad, &get).is_err(), "{bad:?}");
         }
+    }
+
+    /// Decode `input` whole: the data, or the first error.
+    fn dechunk(input: &[u8]) -> Result<Vec<u8>, String> {
+        let (mut state, mut buf, mut out) = (Chunk::Size, BytesMut::from(input), Vec::new());
+        loop {
+            match decode_chunked(&mut state, &mut buf).map_err(|e| e.to_string())? {
+                Decoded::Data(d) => out.extend_from_slice(&d),
+                Decoded::More => return Err("incomplete".into()),
+                Decoded::End => return Ok(out),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_and_bad_sizes_are_errors() {
+        assert_eq!(
+            dechunk(b"5\r\nhello\r\nA ;ext=1\r\n0123456789\r\n0\r\nx-t: 1\r\n\r\n").unwrap(),
+            b"hello0123456789"
+        );
+        assert_eq!(dechunk(b"0\r\n\r\n").unwrap(), b"");
+        for bad in [
+            &b"+5\r\nhello\r\n0\r\n\r\n"[..],
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"-1\r\n",
+            b"\r\n",
+            b"g\r\n",
+            b"10000000000000000\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+        ] {
+            assert!(dechunk(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // A size line still without its end past 4 KiB.
+        assert!(dechunk(&b"1".repeat(5000))
+            .unwrap_err()
+            .contains("too long"));
+        assert_eq!(parse_hex(b"ffffffffffffffff"), Some(u64::MAX));
+        assert_eq!(parse_decimal(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_decimal(b"18446744073709551616"), None);
     }
 
     fn encode(req: &Outgoing<'_>) -> Vec<u8> {

@@ -84,6 +84,8 @@ pub(crate) async fn serve<T>(
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let hard_stop = shared.hard_stop.clone();
+    // Under listen.send_timeout here and after a hand-off to hyper.
+    let io = crate::conn::SendTimeout::new(io, shared.edge.send_timeout);
     let mut conn = Conn {
         shared: &shared,
         io,
