@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod ask;
+mod cpu;
 mod eval;
 mod gateway;
 mod ingest;
@@ -46,6 +47,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before anything else: a CPU older than the build's target gets a
+    // message, not SIGILL.
+    cpu::check();
     let cli = Cli::parse();
     logging::init(cli.log_json);
     match cli.command {

@@ -297,7 +297,7 @@ fn argmax(v: &[f32]) -> u32 {
 /// dequantised to f32, step by step along a greedy answer: the native greedy
 /// tokens are fed to both (teacher forcing), so every step compares the same
 /// history. Prompts of 30–300 tokens cover one and several prefill chunks
-/// (64 tokens) and decoding after them.
+/// (128 tokens) and decoding after them.
 ///
 /// Tolerance: both sides compute the same sums of the same f32 values, only
 /// in a different order (and with FMA), so the logits (magnitude ~10–30) may

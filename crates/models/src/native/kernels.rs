@@ -747,8 +747,10 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn exp8(x: __m256) -> __m256 {
-        let x = _mm256_min_ps(x, _mm256_set1_ps(88.72));
-        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.33));
+        // x second: min/max return their second operand when one is NaN,
+        // so a NaN input stays NaN (as in the scalar path).
+        let x = _mm256_min_ps(_mm256_set1_ps(88.72), x);
+        let x = _mm256_max_ps(_mm256_set1_ps(-87.33), x);
         let n = _mm256_round_ps(
             _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
@@ -931,6 +933,17 @@ mod tests {
         for (g, w) in v.iter().zip(&want) {
             let err = (g - w).abs() / w.max(f32::MIN_POSITIVE);
             assert!(err < 1e-6 || (g - w).abs() < 1e-37, "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn exp_keeps_nan_in_every_lane() {
+        // Eight lanes (the SIMD path, where AVX2 is there) and a remainder.
+        let mut v = vec![f32::NAN; 9];
+        v[3] = 0.0;
+        exp_in_place(&mut v);
+        for (i, x) in v.iter().enumerate() {
+            assert_eq!(x.is_nan(), i != 3, "lane {i}: {x}");
         }
     }
 }

@@ -99,11 +99,23 @@ fn load_matrix(ct: &Content, bytes: &[u8], name: &str) -> Result<Matrix> {
     let blocks = cols.is_multiple_of(QK);
     let data = match dtype {
         GgmlDType::Q4_1 | GgmlDType::Q8_0 if blocks => {
-            let start = usize::try_from(ct.tensor_data_offset + info.offset).map_err(err)?;
-            let len = rows * cols / dtype.block_size() * dtype.type_size();
-            let raw = bytes
-                .get(start..start + len)
-                .ok_or_else(|| err(format!("tensor {name}: data past the end of the file")))?;
+            // Offsets and sizes come from the file: checked, so a corrupt
+            // header is an error, not an overflow.
+            let past_end = || err(format!("tensor {name}: data past the end of the file"));
+            let start = ct
+                .tensor_data_offset
+                .checked_add(info.offset)
+                .and_then(|o| usize::try_from(o).ok())
+                .ok_or_else(past_end)?;
+            let len = rows
+                .checked_mul(cols)
+                .map(|n| n / dtype.block_size())
+                .and_then(|b| b.checked_mul(dtype.type_size()))
+                .ok_or_else(past_end)?;
+            let raw = start
+                .checked_add(len)
+                .and_then(|end| bytes.get(start..end))
+                .ok_or_else(past_end)?;
             if dtype == GgmlDType::Q4_1 {
                 Data::Q4_1(raw.to_vec())
             } else {
@@ -182,6 +194,7 @@ impl NativeModel {
         let n_kv_heads = md_u32(ct, "llama.attention.head_count_kv").unwrap_or(n_heads);
         if n_heads == 0
             || n_kv_heads == 0
+            || dim == 0
             || !dim.is_multiple_of(n_heads)
             || !n_heads.is_multiple_of(n_kv_heads)
         {
@@ -218,6 +231,11 @@ impl NativeModel {
                 "token_embd.weight does not match llama.embedding_length",
             ));
         }
+        if cfg.ffn == 0 || cfg.n_layers == 0 || cfg.vocab == 0 {
+            return Err(err(
+                "llama.feed_forward_length, llama.block_count and the vocabulary must not be 0",
+            ));
+        }
         let output = if ct.tensor_infos.contains_key("output.weight") {
             Some(load_matrix(ct, bytes, "output.weight")?)
         } else {
@@ -251,8 +269,14 @@ impl NativeModel {
             layers.push(layer);
         }
         let out_norm = load_f32(ct, bytes, "output_norm.weight")?;
-        if out_norm.len() != dim || output.as_ref().is_some_and(|o| o.cols != dim) {
-            return Err(err("output tensors do not match llama.embedding_length"));
+        if out_norm.len() != dim
+            || output
+                .as_ref()
+                .is_some_and(|o| o.cols != dim || o.rows != cfg.vocab)
+        {
+            return Err(err(
+                "output tensors do not match llama.embedding_length or the vocabulary",
+            ));
         }
         // Rotary table as candle computes it: θ_i = base^(-2i/d) in f32,
         // angle = pos · θ_i.
