@@ -328,7 +328,6 @@ where
         out.extend_from_slice(b"\r\n");
         let mut length: Option<u64> = None;
         let mut has_date = false;
-        let mut has_hsts = false;
         for (name, value) in &parts.headers {
             if name == header::CONNECTION {
                 close |= value
@@ -348,12 +347,14 @@ where
                 }
             } else if name == header::DATE {
                 has_date = true;
-            } else if name == header::STRICT_TRANSPORT_SECURITY {
-                has_hsts = true;
+            } else if name == header::STRICT_TRANSPORT_SECURITY && self.hsts.is_some() {
+                // The gateway's own value replaces the upstream's (as on
+                // the hyper path).
+                continue;
             }
             push_header(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        if let (Some(h), false) = (self.hsts, has_hsts) {
+        if let Some(h) = self.hsts {
             push_header(out, b"strict-transport-security", h.as_bytes());
         }
         if !has_date {
