@@ -556,3 +556,95 @@ fn add(x: &mut [f32], y: &[f32]) {
         *x += y;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Load-time checks and session errors on the real SmolLM2 file
+    //! ($RAGFLEET_MODELS, else <workspace>/models; scripts/fetch-models.sh).
+    use super::*;
+    use candle_core::quantized::gguf_file::Value;
+
+    fn smollm2() -> (Content, Vec<u8>) {
+        let dir = std::env::var_os("RAGFLEET_MODELS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models")
+            });
+        let path = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run scripts/fetch-models.sh or set RAGFLEET_MODELS)",
+                path.display()
+            )
+        });
+        let ct = Content::read(&mut Cursor::new(&bytes)).unwrap();
+        (ct, bytes)
+    }
+
+    fn load_err(ct: &Content, bytes: &[u8]) -> String {
+        match NativeModel::load(ct, bytes, 64) {
+            Ok(_) => panic!("a bad header loaded"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn corrupt_headers_are_errors_not_panics() {
+        let (ct, bytes) = smollm2();
+        // An offset near u64::MAX: the sum must not wrap.
+        let mut bad = Content::read(&mut Cursor::new(&bytes)).unwrap();
+        let info = bad.tensor_infos.get_mut("blk.0.attn_q.weight").unwrap();
+        info.offset = u64::MAX - 4;
+        assert!(load_err(&bad, &bytes).contains("past the end of the file"));
+        // A file cut short: the first tensor past the cut is named.
+        let cut = &bytes[..bytes.len() / 2];
+        let e = load_err(&ct, cut);
+        assert!(
+            e.contains("tensor blk.") && (e.contains("past the end") || e.contains("fill")),
+            "{e}"
+        );
+        // Zero dimensions.
+        for key in ["llama.embedding_length", "llama.feed_forward_length"] {
+            let mut bad = Content::read(&mut Cursor::new(&bytes)).unwrap();
+            bad.metadata.insert(key.to_string(), Value::U32(0));
+            let e = load_err(&bad, &bytes);
+            assert!(
+                e.contains("head layout") || e.contains("must not be 0"),
+                "{key}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn sessions_refuse_what_they_cannot_hold() {
+        let (ct, bytes) = smollm2();
+        let m = Arc::new(NativeModel::load(&ct, &bytes, 64).unwrap());
+        assert!(Session::new(Arc::clone(&m), 65)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("the model allows 64"));
+        let mut s = Session::new(Arc::clone(&m), 4).unwrap();
+        assert!(s
+            .forward(&[])
+            .unwrap_err()
+            .to_string()
+            .contains("no tokens"));
+        let vocab = m.cfg.vocab as u32;
+        assert!(s
+            .forward(&[1, vocab])
+            .unwrap_err()
+            .to_string()
+            .contains("outside the vocabulary"));
+        // Nothing was taken by the refused calls: 4 positions remain.
+        let logits = s.forward(&[1, 2, 3]).unwrap();
+        assert_eq!(logits.len(), m.cfg.vocab);
+        assert!(logits.iter().all(|x| x.is_finite()));
+        assert!(s
+            .forward(&[4, 5])
+            .unwrap_err()
+            .to_string()
+            .contains("KV cache full"));
+        s.forward(&[4]).unwrap();
+    }
+}
