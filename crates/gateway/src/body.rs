@@ -37,8 +37,230 @@ pub enum ClientBody {
     Buffered(Bytes),
 }
 
-/// A streamed client body, within `listen.max_body_size`.
-pub type ClientStream = http_body_util::Limited<Incoming>;
+/// What went wrong on the client's side of a request body. Such a fault is
+/// the client's: it never counts against an upstream (passive health, retry
+/// budget, latency), and the client gets a 4xx with a stable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// Invalid framing (a bad chunk-size line, a chunk over the limit, …).
+    BadFraming,
+    /// Over `listen.max_body_size`.
+    TooLarge,
+    /// No body bytes within `listen.client_body_timeout`.
+    Timeout,
+    /// The client closed or reset the connection before the body ended.
+    Gone,
+}
+
+/// State of a streamed client body that the proxy reads after the body
+/// itself has been handed to an upstream attempt.
+#[derive(Debug, Default)]
+pub struct BodyWatch {
+    fault: std::sync::OnceLock<ClientFault>,
+    /// The last read of the body found no bytes from the client yet.
+    waiting_on_client: std::sync::atomic::AtomicBool,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl BodyWatch {
+    /// The client's fault, if its body failed.
+    pub fn fault(&self) -> Option<ClientFault> {
+        self.fault.get().copied()
+    }
+
+    /// Whether the body is still incomplete and waiting for the client (not
+    /// for the upstream to read): a timeout then is the client's.
+    pub fn waiting_on_client(&self) -> bool {
+        !self.done.load(std::sync::atomic::Ordering::Relaxed)
+            && self
+                .waiting_on_client
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_fault(&self, f: ClientFault) -> ClientFault {
+        *self.fault.get_or_init(|| f)
+    }
+}
+
+/// Tells a body reader that the connection's framing guard saw a bad
+/// chunk-size line (see `hygiene::HeadSniffer`).
+pub trait FramingFlag: Send + Sync + std::fmt::Debug {
+    fn bad_framing(&self) -> Option<ClientFault>;
+}
+
+/// A streamed client body: `listen.max_body_size`, the idle timeout between
+/// client reads, the framing flag of its connection, and a prefix already
+/// read (see [`ClientStream::prefetch`]). Every error it returns is a
+/// [`ClientFault`], also recorded in its [`BodyWatch`].
+#[derive(Debug)]
+pub struct ClientStream {
+    prefix: Option<Bytes>,
+    inner: http_body_util::Limited<Incoming>,
+    idle: Option<Duration>,
+    timer: Option<Pin<Box<Sleep>>>,
+    framing: Option<Arc<dyn FramingFlag>>,
+    watch: Arc<BodyWatch>,
+}
+
+/// What [`ClientStream::prefetch`] found.
+pub enum Prefetch {
+    /// The whole body, read within the limit.
+    Complete(Bytes),
+    /// More than the limit: the stream, with what was read as its prefix.
+    Partial(ClientStream),
+}
+
+impl ClientStream {
+    pub fn new(
+        body: Incoming,
+        max: usize,
+        idle: Option<Duration>,
+        framing: Option<Arc<dyn FramingFlag>>,
+    ) -> ClientStream {
+        ClientStream {
+            prefix: None,
+            inner: http_body_util::Limited::new(body, max),
+            idle,
+            timer: None,
+            framing,
+            watch: Arc::new(BodyWatch::default()),
+        }
+    }
+
+    pub fn watch(&self) -> Arc<BodyWatch> {
+        self.watch.clone()
+    }
+
+    /// Read up to `limit` bytes before anything goes upstream, so that a
+    /// small body with bad framing, or one the client abandons, never reaches
+    /// a server as a truncated request.
+    pub async fn prefetch(mut self, limit: u64) -> Result<Prefetch, ClientFault> {
+        use http_body_util::BodyExt;
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            if buf.len() as u64 > limit {
+                self.prefix = Some(buf.freeze());
+                return Ok(Prefetch::Partial(self));
+            }
+            match self.frame().await {
+                None => return Ok(Prefetch::Complete(buf.freeze())),
+                Some(Err(e)) => {
+                    tracing::debug!("client request body failed: {e}");
+                    return Err(self.watch.fault().unwrap_or(ClientFault::BadFraming));
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&self, fault: ClientFault) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let fault = self.watch.set_fault(fault);
+        Poll::Ready(Some(Err(format!("client request body: {fault:?}").into())))
+    }
+}
+
+/// Which fault a failed read of the client's body is.
+fn classify(e: &BoxError) -> ClientFault {
+    if e.is::<http_body_util::LengthLimitError>() {
+        return ClientFault::TooLarge;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(c) = cur {
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+                return ClientFault::Gone;
+            }
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+            ) {
+                return ClientFault::Gone;
+            }
+        }
+        cur = c.source();
+    }
+    ClientFault::BadFraming
+}
+
+impl Body for ClientStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let this = self.get_mut();
+        if let Some(f) = this.watch.fault() {
+            return this.fail(f);
+        }
+        if let Some(p) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        if let Some(f) = this.framing.as_ref().and_then(|f| f.bad_framing()) {
+            return this.fail(f);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                // The guard may have flagged the bytes this frame came from.
+                if let Some(f) = this.framing.as_ref().and_then(|f| f.bad_framing()) {
+                    return this.fail(f);
+                }
+                this.watch.waiting_on_client.store(false, Relaxed);
+                this.timer = None;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let fault = match this.framing.as_ref().and_then(|f| f.bad_framing()) {
+                    Some(f) => f,
+                    None => classify(&e),
+                };
+                this.fail(fault)
+            }
+            Poll::Ready(None) => {
+                this.watch.done.store(true, Relaxed);
+                this.watch.waiting_on_client.store(false, Relaxed);
+                this.timer = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                this.watch.waiting_on_client.store(true, Relaxed);
+                if let Some(idle) = this.idle {
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return this.fail(ClientFault::Timeout);
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let h = self.inner.size_hint();
+        let mut out = SizeHint::new();
+        out.set_lower(h.lower() + extra);
+        if let Some(u) = h.upper() {
+            out.set_upper(u + extra);
+        }
+        out
+    }
+}
 
 /// A streamed request body that stays with the proxy until the upstream
 /// connection first asks for a frame. An attempt that fails before that
@@ -57,15 +279,23 @@ pub struct SharedStream {
 pub struct StreamSlot {
     slot: Arc<Mutex<Option<ClientStream>>>,
     hint: SizeHint,
+    watch: Arc<BodyWatch>,
 }
 
 impl StreamSlot {
     pub fn new(body: ClientStream) -> Self {
         let hint = body.size_hint();
+        let watch = body.watch();
         StreamSlot {
             slot: Arc::new(Mutex::new(Some(body))),
             hint,
+            watch,
         }
+    }
+
+    /// The body's state as its reader (an upstream attempt) left it.
+    pub fn watch(&self) -> &BodyWatch {
+        &self.watch
     }
 
     /// True while no attempt has read from the body.

@@ -213,6 +213,10 @@ pub struct Listen {
     /// A write to a client that makes no progress for this long (the
     /// client stopped reading) closes the connection ("0" = never).
     pub send_timeout: Dur,
+    /// A request body that gets no bytes from the client for this long is
+    /// refused with 408 and the connection closed; the upstream is not
+    /// blamed ("0" = never; nginx's `client_body_timeout`).
+    pub client_body_timeout: Dur,
     /// Largest request body accepted (413 beyond; 0 = no limit).
     pub max_body_size: Size,
     /// Largest request head (request line + headers) accepted (431 beyond).
@@ -231,6 +235,7 @@ impl Default for Listen {
             forwarded_proto: None,
             keepalive_timeout: Dur::secs(75),
             send_timeout: Dur::secs(60),
+            client_body_timeout: Dur::secs(60),
             max_body_size: Size(10 << 20),
             max_header_size: Size(32 << 10),
             max_connections_per_ip: 0,

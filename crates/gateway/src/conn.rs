@@ -59,6 +59,8 @@ pub(crate) struct Edge {
     pub(crate) keepalive_timeout: Duration,
     /// 0 = none.
     pub(crate) send_timeout: Duration,
+    /// `listen.client_body_timeout` (None: never).
+    pub(crate) client_body_timeout: Option<Duration>,
 }
 
 impl Edge {
@@ -167,7 +169,12 @@ pub(crate) struct ConnState {
     /// the timers on its own, see `drive`).
     wake: Notify,
     heads: Mutex<VecDeque<HeadFlags>>,
+    /// The framing guard saw a bad chunked body (0 none; see `FAULT_*`).
+    bad_framing: std::sync::atomic::AtomicU8,
 }
+
+const FAULT_FRAMING: u8 = 1;
+const FAULT_TOO_LARGE: u8 = 2;
 
 impl ConnState {
     /// Over `max_connections_per_ip`: every request is answered 503.
@@ -185,6 +192,7 @@ impl ConnState {
             close: AtomicBool::new(false),
             wake: Notify::new(),
             heads: Mutex::new(VecDeque::new()),
+            bad_framing: std::sync::atomic::AtomicU8::new(0),
         }
     }
 }
@@ -214,6 +222,16 @@ impl ConnInfo {
     pub(crate) fn close_after_response(&self) {
         self.0.close.store(true, Relaxed);
         self.0.wake.notify_one();
+    }
+}
+
+impl crate::body::FramingFlag for ConnInfo {
+    fn bad_framing(&self) -> Option<crate::body::ClientFault> {
+        match self.0.bad_framing.load(Relaxed) {
+            FAULT_FRAMING => Some(crate::body::ClientFault::BadFraming),
+            FAULT_TOO_LARGE => Some(crate::body::ClientFault::TooLarge),
+            _ => None,
+        }
     }
 }
 
@@ -296,6 +314,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
                         if let Ok(mut q) = state.heads.lock() {
                             q.push_back(f);
                         }
+                    }
+                    SniffEvent::BadChunk { too_large } => {
+                        let code = if too_large { FAULT_TOO_LARGE } else { FAULT_FRAMING };
+                        state.bad_framing.store(code, Relaxed);
+                        // What follows on this connection cannot be trusted.
+                        state.close.store(true, Relaxed);
+                        state.wake.notify_one();
+                    }
+                    SniffEvent::Lost => {
+                        // The guard can no longer see heads: no more requests.
+                        state.close.store(true, Relaxed);
+                        state.wake.notify_one();
                     }
                 });
             }
@@ -484,7 +514,7 @@ pub(crate) fn watched<T>(
     Watched {
         inner,
         state: state.clone(),
-        sniffer: h1.then(|| HeadSniffer::new(shared.edge.max_header_size)),
+        sniffer: h1.then(|| HeadSniffer::new(shared.edge.max_header_size, shared.edge.max_body_size)),
         _slot: slot,
     }
 }

@@ -313,6 +313,8 @@ pub(crate) struct HeadSniffer {
     state: Sniff,
     head: Vec<u8>,
     max_head: usize,
+    /// The largest chunk accepted (`listen.max_body_size`; 0: no limit).
+    max_chunk: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -337,20 +339,32 @@ pub(crate) struct HeadFlags {
     pub cl_te_conflict: bool,
 }
 
-/// Events for the connection: a head started, a head ended.
+/// Events for the connection: a head started, a head ended; a chunked body
+/// broke its framing (the request must fail as the client's fault); the
+/// guard lost track of the framing (the connection must take no more
+/// requests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SniffEvent {
     HeadStarted,
     HeadDone(HeadFlags),
+    BadChunk { too_large: bool },
+    Lost,
 }
 
 impl HeadSniffer {
-    pub(crate) fn new(max_head: usize) -> HeadSniffer {
+    pub(crate) fn new(max_head: usize, max_chunk: u64) -> HeadSniffer {
         HeadSniffer {
             state: Sniff::Head,
             head: Vec::new(),
             max_head,
+            max_chunk,
         }
+    }
+
+    /// Stop following the bytes: the connection must take no more requests.
+    fn lose(&mut self, ev: &mut impl FnMut(SniffEvent)) {
+        self.state = Sniff::Off;
+        ev(SniffEvent::Lost);
     }
 
     pub(crate) fn is_off(&self) -> bool {
@@ -375,14 +389,13 @@ impl HeadSniffer {
                         }
                         ev(SniffEvent::HeadStarted);
                     }
-                    let start = self.head.len().saturating_sub(3);
+                    let start = self.head.len().saturating_sub(2);
                     let take = data
                         .len()
                         .min(self.max_head + 1 - self.head.len().min(self.max_head));
                     self.head.extend_from_slice(&data[..take]);
-                    match find(&self.head[start..], b"\r\n\r\n") {
-                        Some(pos) => {
-                            let end = start + pos + 4;
+                    match head_end(&self.head, start) {
+                        Some(end) => {
                             let used = end - (self.head.len() - take);
                             data = &data[used..];
                             self.head.truncate(end);
@@ -392,7 +405,7 @@ impl HeadSniffer {
                             data = &data[take..];
                             if self.head.len() > self.max_head {
                                 // hyper answers 431 and closes.
-                                self.state = Sniff::Off;
+                                self.lose(ev);
                             }
                         }
                     }
@@ -409,7 +422,11 @@ impl HeadSniffer {
                     let Some(nl) = data.iter().position(|&c| c == b'\n') else {
                         self.head.extend_from_slice(data);
                         if self.head.len() > self.max_head {
-                            self.state = Sniff::Off;
+                            // A chunk-size or trailer line without end.
+                            if self.state == Sniff::ChunkSize {
+                                ev(SniffEvent::BadChunk { too_large: false });
+                            }
+                            self.lose(ev);
                         }
                         return;
                     };
@@ -424,14 +441,18 @@ impl HeadSniffer {
                         }
                         continue;
                     }
-                    let size = line.split(|&c| c == b';').next().unwrap_or(b"");
-                    let size = std::str::from_utf8(size)
-                        .ok()
-                        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
-                    self.state = match size {
+                    self.state = match chunk_size(line) {
                         Some(0) => Sniff::Trailers,
-                        Some(n) => Sniff::ChunkData(n),
-                        None => Sniff::Off,
+                        Some(n) if self.max_chunk == 0 || n <= self.max_chunk => {
+                            Sniff::ChunkData(n)
+                        }
+                        too_large => {
+                            ev(SniffEvent::BadChunk {
+                                too_large: too_large.is_some(),
+                            });
+                            self.lose(ev);
+                            return;
+                        }
                     };
                 }
                 Sniff::ChunkData(n) => {
@@ -445,7 +466,8 @@ impl HeadSniffer {
                 Sniff::ChunkCrlf(seen) => {
                     let want = if *seen == 0 { b'\r' } else { b'\n' };
                     if data[0] != want {
-                        self.state = Sniff::Off;
+                        ev(SniffEvent::BadChunk { too_large: false });
+                        self.lose(ev);
                         return;
                     }
                     data = &data[1..];
@@ -473,7 +495,7 @@ impl HeadSniffer {
         );
         if !parsed {
             // hyper refuses it too (400/431) and closes the connection.
-            self.state = Sniff::Off;
+            self.lose(ev);
             return;
         }
         let mut cl: Option<u64> = None;
@@ -504,14 +526,55 @@ impl HeadSniffer {
             match (has_cl, cl) {
                 (false, _) | (true, Some(0)) => Sniff::Head,
                 (true, Some(n)) => Sniff::Body(n),
-                (true, None) => Sniff::Off,
+                (true, None) => {
+                    ev(SniffEvent::Lost);
+                    Sniff::Off
+                }
             }
         };
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(hay, needle)
+/// The end (one past the blank line) of the head in `buf`, searching from
+/// `from`: the first empty line, whether lines end in CRLF or a bare LF
+/// (hyper's parser accepts both, so the guard must too).
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(off) = memchr::memchr(b'\n', &buf[i..]) {
+        let nl = i + off;
+        // The line that this LF ends is empty: the previous byte is an LF,
+        // or a CR right after an LF.
+        let empty = nl >= 1
+            && (buf[nl - 1] == b'\n' || (nl >= 2 && buf[nl - 1] == b'\r' && buf[nl - 2] == b'\n'));
+        if empty {
+            return Some(nl + 1);
+        }
+        i = nl + 1;
+    }
+    None
+}
+
+/// A chunk-size line's size (RFC 9112 §7.1: `1*HEXDIG [BWS ";" chunk-ext]`):
+/// no sign, no `0x`, no leading white space, no overflow. None when invalid.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|c| c.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let rest = &line[digits..];
+    let rest_ok = rest.iter().position(|&c| c != b' ' && c != b'\t').map_or(
+        true, // only white space after the size (tolerated like hyper)
+        |p| rest[p] == b';',
+    );
+    if !rest_ok {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &c in &line[..digits] {
+        let d = (c as char).to_digit(16)? as u64;
+        n = n.checked_mul(16)?.checked_add(d)?;
+    }
+    Some(n)
 }
 
 #[cfg(test)]
@@ -558,7 +621,7 @@ mod tests {
     }
 
     fn sniff_all(chunks: &[&[u8]]) -> (Vec<SniffEvent>, bool) {
-        let mut s = HeadSniffer::new(8192);
+        let mut s = HeadSniffer::new(8192, 0);
         let mut evs = Vec::new();
         for c in chunks {
             s.feed(c, &mut |e| evs.push(e));
@@ -614,5 +677,66 @@ GET /w HTTP/1.1\r\nHost: a\r\n\r\n";
         assert!(off);
         let (_, off) = sniff_all(&[b"GET / HTTP/1.1\r\n bad fold\r\n\r\n"]);
         assert!(off);
+    }
+
+    #[test]
+    fn sniffer_finds_heads_with_bare_lf_line_endings() {
+        let stream: &[u8] = b"GET /a HTTP/1.1\nHost: a\n\n\
+GET /b HTTP/1.1\r\nHost: a\n\r\n\
+POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let want = vec![
+            SniffEvent::HeadStarted,
+            done(false),
+            SniffEvent::HeadStarted,
+            done(false),
+            SniffEvent::HeadStarted,
+            done(true),
+        ];
+        assert_eq!(sniff_all(&[stream]), (want.clone(), false));
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(sniff_all(&bytes), (want, false));
+    }
+
+    #[test]
+    fn chunk_size_lines_follow_the_grammar() {
+        assert_eq!(chunk_size(b"5"), Some(5));
+        assert_eq!(chunk_size(b"1aF"), Some(0x1af));
+        assert_eq!(chunk_size(b"5;ext=1"), Some(5));
+        assert_eq!(chunk_size(b"5 ;ext"), Some(5));
+        assert_eq!(chunk_size(b"0000000000000000005"), Some(5));
+        assert_eq!(chunk_size(b"ffffffffffffffff"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"0x5",
+            b"+5",
+            b"-5",
+            b" 5",
+            b"5x",
+            b"5 x",
+            b"10000000000000000",
+            b";ext",
+        ] {
+            assert_eq!(chunk_size(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn sniffer_flags_bad_and_oversized_chunks() {
+        let mut s = HeadSniffer::new(8192, 1000);
+        let mut evs = Vec::new();
+        s.feed(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n8000000000000005\r\n",
+            &mut |e| evs.push(e),
+        );
+        assert!(evs.contains(&SniffEvent::BadChunk { too_large: true }), "{evs:?}");
+        assert!(s.is_off());
+        let mut s = HeadSniffer::new(8192, 0);
+        let mut evs = Vec::new();
+        s.feed(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\n",
+            &mut |e| evs.push(e),
+        );
+        assert!(evs.contains(&SniffEvent::BadChunk { too_large: false }), "{evs:?}");
+        assert_eq!(evs.last(), Some(&SniffEvent::Lost));
     }
 }

@@ -7,13 +7,16 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::access_log::ObsRef;
 use crate::balance::hash64;
-use crate::body::{ClientBody, ProxyBody, ReqBody, StreamSlot, UpstreamBody, UpstreamInner};
+use crate::body::{
+    ClientBody, ClientFault, ClientStream, Prefetch, ProxyBody, ReqBody, StreamSlot, UpstreamBody,
+    UpstreamInner,
+};
+use crate::conn::ConnInfo;
 use crate::config::{FailKind, HashKey, HostMode};
 use crate::pool::{InflightGuard, PickCtx, Pool};
 use crate::Shared;
@@ -302,6 +305,7 @@ async fn proxy(
         hash_key: pool.hash_key_source().and_then(|k| hash_key(k, &req)),
     };
     let (parts, incoming) = req.into_parts();
+    let conn_info = parts.extensions.get::<ConnInfo>().cloned();
 
     // Headers sent upstream (the same for every attempt, Host aside).
     let mut headers = parts.headers;
@@ -358,25 +362,14 @@ async fn proxy(
     let payload = match incoming {
         None => Payload::Empty,
         Some(Err(b)) => Payload::Buffered(b),
-        Some(Ok(incoming)) => match content_length {
-            Some(n) if n <= cfg.retries.max_body_buffer => match incoming.collect().await {
-                Ok(c) => Payload::Buffered(c.to_bytes()),
-                Err(e) => {
-                    return json_error(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request_body",
-                        &format!("could not read the request body: {e}"),
-                    )
-                }
-            },
-            _ => {
-                let max = usize::try_from(shared.edge.max_body_size)
-                    .ok()
-                    .filter(|&m| m > 0)
-                    .unwrap_or(usize::MAX);
-                Payload::Streamed(StreamSlot::new(http_body_util::Limited::new(incoming, max)))
+        Some(Ok(incoming)) => {
+            let limit = cfg.retries.max_body_buffer;
+            let read = read_client_body(shared, incoming, content_length, limit, &conn_info);
+            match read.await {
+                Ok(p) => p,
+                Err(fault) => return client_fault(shared, fault, conn_info.as_ref()),
             }
-        },
+        }
     };
     // Whether the body can (still) be sent to another server.
     let replayable = || match &payload {
@@ -555,6 +548,13 @@ async fn proxy(
                 return finish(res, guard);
             }
             Ok(Err(Attempt::Hyper(e))) => {
+                if let Some(fault) = client_fault_of(&payload) {
+                    // The client's body failed, not the upstream: no
+                    // passive-health failure, no retry, no latency sample.
+                    tracing::debug!(server = %server.addr(), ?fault, "client body failed mid-request");
+                    drop(guard);
+                    return client_fault(shared, fault, conn_info.as_ref());
+                }
                 if body_limit_hit(&e) {
                     return crate::hygiene::too_large(shared, shared.edge.max_body_size);
                 }
@@ -573,7 +573,17 @@ async fn proxy(
                     (FailKind::Error, AttemptError::Error(msg))
                 }
             }
-            Err(()) => (FailKind::Timeout, AttemptError::Timeout(headers_deadline)),
+            Err(()) => {
+                let waiting = matches!(&payload, Payload::Streamed(slot) if slot.watch().waiting_on_client());
+                if let Some(fault) = client_fault_of(&payload)
+                    .or(waiting.then_some(ClientFault::Timeout))
+                {
+                    // The upstream waited for a body the client did not send.
+                    drop(guard);
+                    return client_fault(shared, fault, conn_info.as_ref());
+                }
+                (FailKind::Timeout, AttemptError::Timeout(headers_deadline))
+            }
         };
         drop(guard);
         if pool.counts_as_failure(kind) {
@@ -616,6 +626,80 @@ async fn proxy(
             &format!("upstream failed before responding: {m}"),
         ),
     }
+}
+
+/// The client's request body as the proxy will send it: whole when it is
+/// small (a declared length up to `limit`, or a chunked body that ends
+/// within `limit`), so that bad framing or an abandoned upload is found
+/// before any server sees the request; streamed otherwise.
+async fn read_client_body(
+    shared: &Shared,
+    incoming: Incoming,
+    content_length: Option<u64>,
+    limit: u64,
+    conn: &Option<ConnInfo>,
+) -> Result<Payload, ClientFault> {
+    let max = usize::try_from(shared.edge.max_body_size)
+        .ok()
+        .filter(|&m| m > 0)
+        .unwrap_or(usize::MAX);
+    let framing = conn
+        .clone()
+        .map(|c| Arc::new(c) as Arc<dyn crate::body::FramingFlag>);
+    let stream = ClientStream::new(incoming, max, shared.edge.client_body_timeout, framing);
+    match content_length {
+        // A large declared length streams from its first byte (as before).
+        Some(n) if n > limit => Ok(Payload::Streamed(StreamSlot::new(stream))),
+        _ => match stream.prefetch(limit).await? {
+            Prefetch::Complete(b) if b.is_empty() => Ok(Payload::Empty),
+            Prefetch::Complete(b) => Ok(Payload::Buffered(b)),
+            Prefetch::Partial(stream) => Ok(Payload::Streamed(StreamSlot::new(stream))),
+        },
+    }
+}
+
+/// The client's fault behind a failed attempt, if its streamed body failed.
+fn client_fault_of(payload: &Payload) -> Option<ClientFault> {
+    match payload {
+        Payload::Streamed(slot) => slot.watch().fault(),
+        _ => None,
+    }
+}
+
+/// The answer to a request whose body failed on the client's side: a
+/// stable code, no internal error text, and the connection closed (its
+/// framing can no longer be trusted). Counted as a bad request, never
+/// against an upstream.
+fn client_fault(shared: &Shared, fault: ClientFault, conn: Option<&ConnInfo>) -> Response<ProxyBody> {
+    let mut res = match fault {
+        ClientFault::TooLarge => return crate::hygiene::too_large(shared, shared.edge.max_body_size),
+        ClientFault::BadFraming => json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request_body",
+            "the request body's framing is invalid",
+        ),
+        ClientFault::Timeout => json_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_body_timeout",
+            "the request body was not received in time (listen.client_body_timeout)",
+        ),
+        ClientFault::Gone => json_error(
+            StatusCode::BAD_REQUEST,
+            "client_closed_request",
+            "the client closed the connection before the request body ended",
+        ),
+    };
+    shared
+        .edge
+        .counters
+        .bad_request
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if let Some(c) = conn {
+        c.close_after_response();
+    }
+    res
 }
 
 /// Why an attempt's client failed.
