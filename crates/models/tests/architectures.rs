@@ -81,6 +81,8 @@ fn gguf(arch: &str) -> Vec<u8> {
     let u = |v: usize| Value::U32(v as u32);
     let md: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
+        // candle's qwen3 computes in f16 unless told f32 (0).
+        ("general.dtype".into(), Value::U32(0)),
         (format!("{arch}.block_count"), u(LAYERS)),
         (format!("{arch}.embedding_length"), u(D)),
         (format!("{arch}.feed_forward_length"), u(FF)),
@@ -108,20 +110,20 @@ fn candle_logits(arch: &str, bytes: &[u8], prompt: &[u32], steps: &[u32]) -> Vec
     let mut fwd: Box<dyn FnMut(&Tensor, usize) -> candle_core::Result<Tensor>> = match arch {
         "llama" => {
             let mut m = quantized_llama::ModelWeights::from_gguf(ct, &mut c, &dev).expect("llama");
-            Box::new(move |x, p| m.forward(x, p))
+            Box::new(move |x: &Tensor, p: usize| m.forward(x, p))
         }
         "qwen2" => {
             let mut m = quantized_qwen2::ModelWeights::from_gguf(ct, &mut c, &dev).expect("qwen2");
-            Box::new(move |x, p| m.forward(x, p))
+            Box::new(move |x: &Tensor, p: usize| m.forward(x, p))
         }
         "qwen3" => {
             let mut m = quantized_qwen3::ModelWeights::from_gguf(ct, &mut c, &dev).expect("qwen3");
-            Box::new(move |x, p| m.forward(x, p))
+            Box::new(move |x: &Tensor, p: usize| m.forward(x, p))
         }
         "phi3" => {
             let mut m =
                 quantized_phi3::ModelWeights::from_gguf(false, ct, &mut c, &dev).expect("phi3");
-            Box::new(move |x, p| m.forward(x, p))
+            Box::new(move |x: &Tensor, p: usize| m.forward(x, p))
         }
         other => panic!("{other}"),
     };
