@@ -363,7 +363,12 @@ impl Spm {
                 .iter()
                 .map(|s| s.to_f32().unwrap_or(0.0))
                 .collect(),
-            None => return Err(model_err(path, "GGUF metadata has no tokenizer.ggml.scores")),
+            None => {
+                return Err(model_err(
+                    path,
+                    "GGUF metadata has no tokenizer.ggml.scores",
+                ))
+            }
         };
         if scores.len() != tokens.len() {
             return Err(model_err(
@@ -494,17 +499,18 @@ impl Spm {
         let mut prev: Vec<Option<usize>> = (0..n).map(|i| i.checked_sub(1)).collect();
         let mut next: Vec<Option<usize>> = (0..n).map(|i| (i + 1 < n).then_some(i + 1)).collect();
         let mut heap = BinaryHeap::new();
-        let push = |heap: &mut BinaryHeap<Bigram>, l: usize, r: usize, start: &[usize], len: &[usize]| {
-            let s = &text[start[l]..start[r] + len[r]];
-            if let Some(&id) = self.vocab.get(s) {
-                heap.push(Bigram {
-                    score: self.scores[id as usize],
-                    left: l,
-                    right: r,
-                    len: s.len(),
-                });
-            }
-        };
+        let push =
+            |heap: &mut BinaryHeap<Bigram>, l: usize, r: usize, start: &[usize], len: &[usize]| {
+                let s = &text[start[l]..start[r] + len[r]];
+                if let Some(&id) = self.vocab.get(s) {
+                    heap.push(Bigram {
+                        score: self.scores[id as usize],
+                        left: l,
+                        right: r,
+                        len: s.len(),
+                    });
+                }
+            };
         for i in 1..n {
             push(&mut heap, i - 1, i, &start, &len);
         }

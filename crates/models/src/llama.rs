@@ -40,8 +40,8 @@ use tokio::sync::mpsc;
 use crate::decode::{LoopGuard, Penalties};
 use crate::gguf_tokenizer::GgufTokenizer;
 use crate::native::{self, NativeModel};
-use crate::transformer::{self, Arch};
 use crate::text_stream::{StopMatcher, Utf8Stream};
+use crate::transformer::{self, Arch};
 use crate::util::{file_sha256, model_err, read_file};
 
 /// How the weights are held in memory for inference.
@@ -221,7 +221,9 @@ const END_OF_TURN: &[&str] = &[
 
 /// The file's chat template, or its family's format when it has none, in
 /// a minijinja environment with what the files' templates call.
-fn chat_environment(tok: &GgufTokenizer) -> std::result::Result<minijinja::Environment<'static>, minijinja::Error> {
+fn chat_environment(
+    tok: &GgufTokenizer,
+) -> std::result::Result<minijinja::Environment<'static>, minijinja::Error> {
     let source = match &tok.chat_template {
         Some(t) => t.clone(),
         None => {
@@ -244,9 +246,15 @@ fn chat_environment(tok: &GgufTokenizer) -> std::result::Result<minijinja::Envir
     // Python's str methods (`.strip()`, `.startswith()`, `.split()`), which
     // Qwen and Llama templates call.
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-    });
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
     env.add_template_owned("chat", source)?;
     Ok(env)
 }
@@ -280,7 +288,9 @@ fn load_transformer(
         WeightFormat::Native | WeightFormat::AsFile => {
             transformer::Model::load(arch, ct, cursor, context, &transformer::as_file)?
         }
-        WeightFormat::F32 => transformer::Model::load(arch, ct, cursor, context, &transformer::to_f32)?,
+        WeightFormat::F32 => {
+            transformer::Model::load(arch, ct, cursor, context, &transformer::to_f32)?
+        }
         WeightFormat::Q8_0 => {
             transformer::Model::load(arch, ct, cursor, context, &requant(GgmlDType::Q8_0))?
         }

@@ -81,7 +81,11 @@ impl Embedding {
         let row_bytes = dim / dtype.block_size() * dtype.type_size();
         let raw = qt.data()?.into_owned();
         if raw.len() != row_bytes * rows {
-            candle_core::bail!("token_embd holds {} bytes, expected {}", raw.len(), row_bytes * rows);
+            candle_core::bail!(
+                "token_embd holds {} bytes, expected {}",
+                raw.len(),
+                row_bytes * rows
+            );
         }
         Ok(Self {
             dtype,
@@ -109,16 +113,15 @@ impl Embedding {
 }
 
 enum Qkv {
-    Split {
-        q: QMatMul,
-        k: QMatMul,
-        v: QMatMul,
-    },
+    Split { q: QMatMul, k: QMatMul, v: QMatMul },
     Fused(QMatMul),
 }
 
 enum Ffn {
-    Split { gate: QMatMul, up: QMatMul },
+    Split {
+        gate: QMatMul,
+        up: QMatMul,
+    },
     /// phi3: `ffn_up` yields gate and up side by side.
     Fused(QMatMul),
 }
@@ -259,7 +262,11 @@ impl Model {
             Arch::Gemma3 | Arch::Qwen2 | Arch::Qwen3 => 1_000_000.0,
             _ => 10_000.0,
         });
-        if n_head == 0 || n_kv == 0 || n_head % n_kv != 0 || rope_dim > head_dim || rope_dim % 2 != 0
+        if n_head == 0
+            || n_kv == 0
+            || n_head % n_kv != 0
+            || rope_dim > head_dim
+            || rope_dim % 2 != 0
         {
             candle_core::bail!(
                 "inconsistent attention shape: {n_head} heads, {n_kv} kv heads, head {head_dim}, rope {rope_dim}"
@@ -278,14 +285,28 @@ impl Model {
             Arch::Gemma3 => {
                 let linear = md_f32(ct, &key("rope.scaling.factor")).unwrap_or(1.0);
                 let local = md_f32(ct, &key("rope.local_freq_base")).unwrap_or(10_000.0);
-                ropes.push(rope_table(&inv_freq(rope_dim, base, 1.0 / linear.max(1.0)), context, 1.0, &device)?);
-                ropes.push(rope_table(&inv_freq(rope_dim, local, 1.0), context, 1.0, &device)?);
+                ropes.push(rope_table(
+                    &inv_freq(rope_dim, base, 1.0 / linear.max(1.0)),
+                    context,
+                    1.0,
+                    &device,
+                )?);
+                ropes.push(rope_table(
+                    &inv_freq(rope_dim, local, 1.0),
+                    context,
+                    1.0,
+                    &device,
+                )?);
             }
             Arch::Phi3 if l.has("rope_factors_short.weight") => {
                 let factors = l.f32("rope_factors_short.weight")?.to_vec1::<f32>()?;
                 let mut inv = inv_freq(rope_dim, base, 1.0);
                 if factors.len() != inv.len() {
-                    candle_core::bail!("rope_factors_short has {} values, expected {}", factors.len(), inv.len());
+                    candle_core::bail!(
+                        "rope_factors_short has {} values, expected {}",
+                        factors.len(),
+                        inv.len()
+                    );
                 }
                 for (f, s) in inv.iter_mut().zip(&factors) {
                     *f /= s;
@@ -302,7 +323,12 @@ impl Model {
                 };
                 ropes.push(rope_table(&inv, context, mscale, &device)?);
             }
-            _ => ropes.push(rope_table(&inv_freq(rope_dim, base, 1.0), context, 1.0, &device)?),
+            _ => ropes.push(rope_table(
+                &inv_freq(rope_dim, base, 1.0),
+                context,
+                1.0,
+                &device,
+            )?),
         }
 
         let embed_q = l.raw("token_embd.weight")?;
@@ -576,5 +602,8 @@ pub fn to_f32(_: &str, qt: QTensor) -> Result<QTensor> {
     if qt.dtype() == GgmlDType::F32 {
         return Ok(qt);
     }
-    QTensor::quantize(&qt.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?, GgmlDType::F32)
+    QTensor::quantize(
+        &qt.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?,
+        GgmlDType::F32,
+    )
 }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use candle_core::quantized::gguf_file::{self, Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use candle_transformers::models::{quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3};
+use candle_transformers::models::{
+    quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3,
+};
 use ragfleet_models::transformer::{self, Arch, Model, Session};
 
 const VOCAB: usize = 96;
@@ -28,7 +30,10 @@ impl Rng {
     fn vals(&mut self, n: usize, a: f32) -> Vec<f32> {
         (0..n)
             .map(|_| {
-                self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                self.0 = self
+                    .0
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
             })
             .collect()
@@ -45,9 +50,18 @@ fn tensor(rng: &mut Rng, dims: &[usize], a: f32, offset: f32) -> QTensor {
 fn gguf(arch: &str) -> Vec<u8> {
     let mut rng = Rng(arch.len() as u64 * 7919);
     let mut tensors: Vec<(String, QTensor)> = vec![
-        ("token_embd.weight".into(), tensor(&mut rng, &[VOCAB, D], 0.5, 0.0)),
-        ("output_norm.weight".into(), tensor(&mut rng, &[D], 0.1, 1.0)),
-        ("output.weight".into(), tensor(&mut rng, &[VOCAB, D], 0.2, 0.0)),
+        (
+            "token_embd.weight".into(),
+            tensor(&mut rng, &[VOCAB, D], 0.5, 0.0),
+        ),
+        (
+            "output_norm.weight".into(),
+            tensor(&mut rng, &[D], 0.1, 1.0),
+        ),
+        (
+            "output.weight".into(),
+            tensor(&mut rng, &[VOCAB, D], 0.2, 0.0),
+        ),
     ];
     for i in 0..LAYERS {
         let p = format!("blk.{i}");
@@ -93,7 +107,10 @@ fn gguf(arch: &str) -> Vec<u8> {
         (format!("{arch}.attention.value_length"), u(HD)),
         (format!("{arch}.rope.dimension_count"), u(HD)),
         (format!("{arch}.rope.freq_base"), Value::F32(10_000.0)),
-        (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5),
+        ),
     ];
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -128,14 +145,22 @@ fn candle_logits(arch: &str, bytes: &[u8], prompt: &[u32], steps: &[u32]) -> Vec
         other => panic!("{other}"),
     };
     let last = |t: Tensor| -> Vec<f32> {
-        let v = t.flatten_all().expect("flat").to_vec1::<f32>().expect("vec");
+        let v = t
+            .flatten_all()
+            .expect("flat")
+            .to_vec1::<f32>()
+            .expect("vec");
         v[v.len() - VOCAB..].to_vec()
     };
     let mut out = Vec::new();
-    let x = Tensor::new(prompt, &dev).and_then(|t| t.unsqueeze(0)).expect("input");
+    let x = Tensor::new(prompt, &dev)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("input");
     out.push(last(fwd(&x, 0).expect("prompt pass")));
     for (i, &t) in steps.iter().enumerate() {
-        let x = Tensor::new(&[t], &dev).and_then(|t| t.unsqueeze(0)).expect("input");
+        let x = Tensor::new(&[t], &dev)
+            .and_then(|t| t.unsqueeze(0))
+            .expect("input");
         out.push(last(fwd(&x, prompt.len() + i).expect("step")));
     }
     out
@@ -160,13 +185,25 @@ fn check(arch: &str) {
     let prompt = [3u32, 17, 42, 5, 88, 1, 60];
     let steps = [9u32, 31, 77];
     let a = candle_logits(arch, &bytes, &prompt, &steps);
-    let b = our_logits(Arch::from_name(arch).expect("arch"), &bytes, &prompt, &steps);
+    let b = our_logits(
+        Arch::from_name(arch).expect("arch"),
+        &bytes,
+        &prompt,
+        &steps,
+    );
     assert_eq!(a.len(), b.len());
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        let diff = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        let diff = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
         let scale = x.iter().map(|p| p.abs()).fold(0f32, f32::max);
         assert!(scale > 0.1, "{arch}: degenerate logits");
-        assert!(diff <= 1e-4 * scale.max(1.0), "{arch} step {i}: max |Δ| {diff} (scale {scale})");
+        assert!(
+            diff <= 1e-4 * scale.max(1.0),
+            "{arch} step {i}: max |Δ| {diff} (scale {scale})"
+        );
     }
 }
 

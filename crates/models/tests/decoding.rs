@@ -66,7 +66,11 @@ fn plain_greedy_decoding_loops_on_the_atomics_prompt() {
         ids.truncate(end);
     }
     let reps = max_span_repeats(&ids, SPAN);
-    assert!(reps > 2, "no loop without controls ({reps}): {:?}", l.decode(&ids));
+    assert!(
+        reps > 2,
+        "no loop without controls ({reps}): {:?}",
+        l.decode(&ids)
+    );
 }
 
 #[test]
@@ -76,11 +80,16 @@ fn default_decoding_controls_stop_the_loop() {
         max_tokens: TOKENS,
         ..GenParams::default()
     };
-    let ids = l.generate_ids(&atomics_prompt(), &params).expect("generate");
+    let ids = l
+        .generate_ids(&atomics_prompt(), &params)
+        .expect("generate");
     let text = l.decode(&ids);
     assert!(!text.trim().is_empty());
     let reps = max_span_repeats(&ids, SPAN);
-    assert!(reps <= 2, "a {SPAN}-token span occurs {reps} times: {text:?}");
+    assert!(
+        reps <= 2,
+        "a {SPAN}-token span occurs {reps} times: {text:?}"
+    );
     // With the token-level controls off, the loop guard alone still ends
     // the answer early rather than at the cap.
     let off = GenParams {
@@ -134,7 +143,10 @@ fn transformer_llama_forward_matches_candle_quantized_llama() {
             .map(|(p, q)| (p - q).abs())
             .fold(0f32, f32::max);
         let scale = x.iter().map(|p| p.abs()).fold(0f32, f32::max);
-        assert!(diff <= 1e-3 * scale, "step {step}: max |Δlogit| {diff} of {scale}");
+        assert!(
+            diff <= 1e-3 * scale,
+            "step {step}: max |Δlogit| {diff} of {scale}"
+        );
     }
 }
 
@@ -152,7 +164,10 @@ fn tiny_gguf(arch: &str) -> tempfile::NamedTempFile {
         ("general.architecture", &arch_v),
         ("tokenizer.ggml.model", &model_v),
     ];
-    let mut f = tempfile::Builder::new().suffix(".gguf").tempfile().expect("tmp");
+    let mut f = tempfile::Builder::new()
+        .suffix(".gguf")
+        .tempfile()
+        .expect("tmp");
     gguf_file::write(f.as_file_mut(), &meta, &[("token_embd.weight", &qt)]).expect("write");
     f
 }

@@ -71,7 +71,10 @@ fn first_16_greedy_tokens_match_the_reference_forward() {
     // The prompt ids come from the tokenizer too (BOS first).
     let g = gemma();
     let mut enc = vec![2];
-    enc.extend(g.encode(r["prompt"].as_str().expect("prompt")).expect("encode"));
+    enc.extend(
+        g.encode(r["prompt"].as_str().expect("prompt"))
+            .expect("encode"),
+    );
     assert_eq!(enc, prompt);
     let got = greedy(g, &prompt, 16);
     assert_eq!(

@@ -699,7 +699,10 @@ mod tests {
             PathBuf::from("/ms/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
         );
         let d = NodeConfig::default().generation;
-        assert!(d.repetition_penalty > 1.0 && d.no_repeat_ngram >= 2, "{d:?}");
+        assert!(
+            d.repetition_penalty > 1.0 && d.no_repeat_ngram >= 2,
+            "{d:?}"
+        );
         for bad in [
             "[generation]\nrepetition_penalty = 0.5\n",
             "[generation]\nno_repeat_ngram = 1\n",
