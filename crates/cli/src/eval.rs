@@ -98,6 +98,11 @@ struct AnswersArgs {
     /// Generator: `local` (SmolLM2 from the models dir) or `extractive`.
     #[arg(long, default_value = "extractive")]
     generator: String,
+    /// GGUF model of the `local` generator (llama, qwen2, qwen3, gemma3,
+    /// phi3); default: SmolLM2 in the models dir. A path that does not exist
+    /// from here is taken relative to the models dir.
+    #[arg(long, value_name = "FILE.gguf")]
+    llm_model: Option<PathBuf>,
     /// Passages retrieved per question.
     #[arg(long, default_value_t = 3)]
     top_k: usize,
@@ -396,10 +401,14 @@ async fn answers(a: AnswersArgs) -> anyhow::Result<()> {
     let generator: Arc<dyn Generator> = match a.generator.as_str() {
         "extractive" => Arc::new(ExtractiveGenerator::new()),
         "local" => {
-            let file = a
-                .common
-                .models
-                .join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+            let file = match &a.llm_model {
+                Some(p) if p.is_file() => p.clone(),
+                Some(p) => a.common.models.join(p),
+                None => a
+                    .common
+                    .models
+                    .join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            };
             let g = tokio::task::spawn_blocking(move || {
                 LocalLlama::load(&file, LocalLlamaOptions::default())
             })

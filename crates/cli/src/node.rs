@@ -23,6 +23,11 @@ pub struct Args {
     /// Default generator: local, openai or extractive.
     #[arg(long, env = "RAGFLEET_GENERATOR")]
     pub generator: Option<GeneratorKind>,
+    /// GGUF model file of the `local` generator (llama, qwen2, qwen3, gemma3,
+    /// phi3); a path that does not exist from here is taken relative to the
+    /// models directory. Sets `[generation.local] model`.
+    #[arg(long, env = "RAGFLEET_LLM_MODEL", value_name = "FILE.gguf")]
+    pub llm_model: Option<PathBuf>,
     /// Base URL of an OpenAI-compatible server (enables the `openai` generator).
     #[arg(long, env = "RAGFLEET_OPENAI_BASE_URL")]
     pub openai_base_url: Option<String>,
@@ -83,6 +88,9 @@ impl Args {
         if let Some(v) = self.generator {
             cfg.generator = v;
         }
+        if let Some(v) = &self.llm_model {
+            cfg.generation.local.model = Some(llm_model_path(v));
+        }
         if let Some(v) = &self.openai_base_url {
             cfg.openai.base_url = v.clone();
         }
@@ -124,6 +132,17 @@ impl Args {
         }
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+/// `--llm-model FILE`: a file that exists from the current directory is
+/// made absolute (so it means the same to a node started elsewhere); any
+/// other path is kept, to be resolved against the models directory.
+pub fn llm_model_path(p: &std::path::Path) -> PathBuf {
+    if p.is_file() {
+        std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+    } else {
+        p.to_path_buf()
     }
 }
 

@@ -41,6 +41,10 @@ pub struct Args {
     /// Default generator of the nodes: local, openai or extractive.
     #[arg(long)]
     pub generator: Option<GeneratorKind>,
+    /// GGUF model file of the nodes' `local` generator (llama, qwen2, qwen3,
+    /// gemma3, phi3); see `ragfleet node --llm-model`.
+    #[arg(long, value_name = "FILE.gguf")]
+    pub llm_model: Option<PathBuf>,
     /// Node config file (TOML) given to every node; flags of `up` win.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -307,6 +311,12 @@ async fn up(args: Args) -> anyhow::Result<()> {
         }
         if let Some(v) = args.generator {
             push("--generator", v.name().into());
+        }
+        if let Some(v) = &args.llm_model {
+            push(
+                "--llm-model",
+                crate::node::llm_model_path(v).into_os_string(),
+            );
         }
         if let Some(v) = &args.openai_base_url {
             push("--openai-base-url", v.into());

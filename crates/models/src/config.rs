@@ -54,10 +54,10 @@ impl Default for EmbedderConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum GeneratorConfig {
-    /// A llama-architecture GGUF file run locally.
+    /// A GGUF file (llama, qwen2, qwen3, gemma3, phi3) run locally.
     Local {
         /// GGUF file; relative paths are resolved against the models directory.
-        #[serde(default = "default_gguf")]
+        #[serde(default = "default_gguf", alias = "model")]
         gguf: PathBuf,
         /// `native` (default), `f32`, `q8_0`, `q4_0`, `as_file`.
         #[serde(default)]

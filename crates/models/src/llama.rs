@@ -1,11 +1,18 @@
-//! Local generation with a llama-architecture GGUF model (SmolLM2-135M-Instruct)
-//! through candle's quantized llama, on the CPU.
+//! Local generation with a GGUF chat model on the CPU: `llama` (SmolLM2,
+//! Llama 3.x), `qwen2`, `qwen3`, `gemma3`, `phi3` ([`crate::transformer::SUPPORTED`]).
 //!
-//! - Tokenizer and chat template come from the GGUF file itself
-//!   ([`crate::gguf_tokenizer`]); the template is rendered with minijinja.
-//! - Weights ([`WeightFormat`]): by default ragfleet's own forward pass over
-//!   the file's quantized blocks with f32 activations ([`crate::native`]);
-//!   optionally candle's `quantized_llama`, re-quantised at load.
+//! - Tokenizer, chat template and end-of-turn tokens come from the GGUF file
+//!   itself ([`crate::gguf_tokenizer`]); the template is rendered with
+//!   minijinja (the files' templates are Jinja programs: loops, slicing,
+//!   `raise_exception`, Python string methods, so a renderer of a few fixed
+//!   formats would misrender the next model's). A file without a template
+//!   gets its family's format, recognised by the turn tokens it has.
+//! - Weights ([`WeightFormat`]), llama: by default ragfleet's own forward
+//!   pass over the file's quantized blocks with f32 activations
+//!   ([`crate::native`]); optionally candle's `quantized_llama`, re-quantised
+//!   at load. Other architectures: [`crate::transformer`] on candle's ops.
+//! - Decoding ([`crate::decode`]): repetition penalty and no-repeat n-gram
+//!   from [`GenParams`], and an answer that starts repeating itself ends.
 //! - Concurrency: the weights are loaded once and shared read-only; each
 //!   generation gets its own KV cache (a native session, or a clone of
 //!   candle's model handle). At most [`LocalLlamaOptions::max_concurrent`]
@@ -30,9 +37,11 @@ use ragfleet_rag::{RagError, Result};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::decode::{LoopGuard, Penalties};
 use crate::gguf_tokenizer::GgufTokenizer;
 use crate::native::{self, NativeModel};
 use crate::text_stream::{StopMatcher, Utf8Stream};
+use crate::transformer::{self, Arch};
 use crate::util::{file_sha256, model_err, read_file};
 
 /// How the weights are held in memory for inference.
@@ -99,6 +108,8 @@ enum Engine {
     Candle(Box<ModelWeights>),
     /// ragfleet's forward; each generation opens a [`native::Session`].
     Native(Arc<NativeModel>),
+    /// qwen2, qwen3, gemma3, phi3 (and llama in tests).
+    Transformer(Arc<transformer::Model>),
 }
 
 /// One generation's model state: logits for the next token after feeding
@@ -106,11 +117,12 @@ enum Engine {
 enum Runner {
     Candle(Box<ModelWeights>),
     Native(native::Session),
+    Transformer(transformer::Session),
 }
 
 impl Runner {
-    /// Feed `tokens` (positions `pos..`); logits (1-D) after the last one.
-    fn step(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor> {
+    /// Feed `tokens` (positions `pos..`); logits after the last one.
+    fn step(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
         let err = |e: candle_core::Error| RagError::Model(e.to_string());
         match self {
             Runner::Candle(m) => {
@@ -119,19 +131,28 @@ impl Runner {
                     .map_err(err)?;
                 m.forward(&input, pos)
                     .and_then(|l| l.squeeze(0))
+                    .and_then(|l| l.to_vec1::<f32>())
                     .map_err(err)
             }
-            Runner::Native(s) => {
-                let logits = s.forward(tokens)?;
-                let n = logits.len();
-                Tensor::from_vec(logits, n, &Device::Cpu).map_err(err)
-            }
+            Runner::Native(s) => s.forward(tokens),
+            Runner::Transformer(s) => s.forward(tokens).map_err(err),
         }
     }
 }
 
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 struct Shared {
     engine: Engine,
+    arch: Arch,
     tok: GgufTokenizer,
     template: minijinja::Environment<'static>,
     /// Token ids that end the answer (EOS, `<|im_end|>`, `<|endoftext|>`).
@@ -175,6 +196,111 @@ impl Drop for SlotGuard<'_> {
 
 const FALLBACK_CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// Gemma's turn format (its official template less the multimodal parts):
+/// the system prompt opens the first user turn; the assistant is `model`.
+const FALLBACK_GEMMA: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+
+/// Llama 3's header format.
+const FALLBACK_LLAMA3: &str = "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+/// Phi-3's format.
+const FALLBACK_PHI3: &str = "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}";
+
+/// No chat markup known: plain text turns.
+const FALLBACK_PLAIN: &str = "{% for message in messages %}{{ message['role'] | capitalize + ': ' + message['content'] + '\n\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}";
+
+/// End-of-turn tokens of the known chat formats.
+const END_OF_TURN: &[&str] = &[
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<end_of_turn>",
+    "<|end|>",
+];
+
+/// The file's chat template, or its family's format when it has none, in
+/// a minijinja environment with what the files' templates call.
+fn chat_environment(
+    tok: &GgufTokenizer,
+) -> std::result::Result<minijinja::Environment<'static>, minijinja::Error> {
+    let source = match &tok.chat_template {
+        Some(t) => t.clone(),
+        None => {
+            let has = |t: &str| tok.special.contains_key(t);
+            if has("<start_of_turn>") {
+                FALLBACK_GEMMA
+            } else if has("<|im_start|>") {
+                FALLBACK_CHATML
+            } else if has("<|start_header_id|>") {
+                FALLBACK_LLAMA3
+            } else if has("<|assistant|>") {
+                FALLBACK_PHI3
+            } else {
+                FALLBACK_PLAIN
+            }
+            .to_string()
+        }
+    };
+    let mut env = minijinja::Environment::new();
+    // Python's str methods (`.strip()`, `.startswith()`, `.split()`), which
+    // Qwen and Llama templates call.
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_template_owned("chat", source)?;
+    Ok(env)
+}
+
+/// Load a non-native model: the file's blocks (`native`, `as_file`), f32,
+/// or re-quantised (`q8_0`, `q4_0`, with `ffn_down` kept f32 as for llama).
+fn load_transformer(
+    arch: Arch,
+    ct: &Content,
+    cursor: &mut std::io::Cursor<&Vec<u8>>,
+    context: usize,
+    weights: WeightFormat,
+) -> candle_core::Result<Engine> {
+    let requant = |target: GgmlDType| {
+        move |name: &str, qt: QTensor| -> candle_core::Result<QTensor> {
+            let dims = qt.shape().dims().to_vec();
+            let target = if name.contains("ffn_down") {
+                GgmlDType::F32
+            } else {
+                target
+            };
+            let row = dims.last().copied().unwrap_or(0);
+            if dims.len() == 2 && row % target.block_size() == 0 && qt.dtype() != target {
+                QTensor::quantize(&qt.dequantize(&Device::Cpu)?, target)
+            } else {
+                Ok(qt)
+            }
+        }
+    };
+    let model = match weights {
+        WeightFormat::Native | WeightFormat::AsFile => {
+            transformer::Model::load(arch, ct, cursor, context, &transformer::as_file)?
+        }
+        WeightFormat::F32 => {
+            transformer::Model::load(arch, ct, cursor, context, &transformer::to_f32)?
+        }
+        WeightFormat::Q8_0 => {
+            transformer::Model::load(arch, ct, cursor, context, &requant(GgmlDType::Q8_0))?
+        }
+        WeightFormat::Q4_0 => {
+            transformer::Model::load(arch, ct, cursor, context, &requant(GgmlDType::Q4_0))?
+        }
+    };
+    Ok(Engine::Transformer(Arc::new(model)))
+}
+
 #[derive(Serialize)]
 struct TemplateMessage<'a> {
     role: &'static str,
@@ -190,9 +316,20 @@ fn role_name(r: Role) -> &'static str {
 }
 
 impl LocalLlama {
-    /// Load a GGUF file (llama architecture, byte-level BPE tokenizer).
+    /// Load a GGUF file of a [`transformer::SUPPORTED`] architecture.
     pub fn load(path: impl AsRef<Path>, opts: LocalLlamaOptions) -> Result<Self> {
-        let path = path.as_ref();
+        Self::load_inner(path.as_ref(), opts, false)
+    }
+
+    /// Load a llama file through [`crate::transformer`] rather than the
+    /// native path or candle's `quantized_llama`: for tests that check the
+    /// transformer against those.
+    #[doc(hidden)]
+    pub fn load_via_transformer(path: impl AsRef<Path>, opts: LocalLlamaOptions) -> Result<Self> {
+        Self::load_inner(path.as_ref(), opts, true)
+    }
+
+    fn load_inner(path: &Path, opts: LocalLlamaOptions, force_transformer: bool) -> Result<Self> {
         let bytes = read_file(path)?;
         let hash = file_sha256(&bytes);
         let mut cursor = std::io::Cursor::new(&bytes);
@@ -204,16 +341,19 @@ impl LocalLlama {
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_default();
-        if arch != "llama" {
+        let Some(arch_kind) = Arch::from_name(&arch) else {
             return Err(model_err(
                 path,
-                format!("architecture {arch:?} is not supported (llama only)"),
+                format!(
+                    "architecture {arch:?} is not supported; supported: {}",
+                    transformer::SUPPORTED.join(", ")
+                ),
             ));
-        }
+        };
         let tok = GgufTokenizer::from_gguf(&ct, path)?;
         let model_ctx = ct
             .metadata
-            .get("llama.context_length")
+            .get(&format!("{arch}.context_length"))
             .and_then(|v| v.to_u32().ok())
             .map(|v| v as usize)
             .unwrap_or(2048);
@@ -225,6 +365,10 @@ impl LocalLlama {
 
         let device = Device::Cpu;
         let engine = match opts.weights {
+            _ if arch_kind != Arch::Llama || force_transformer => {
+                load_transformer(arch_kind, &ct, &mut cursor, context, opts.weights)
+                    .map_err(|e| model_err(path, format!("loading {arch} weights: {e}")))?
+            }
             WeightFormat::Native => {
                 let m = NativeModel::load(&ct, &bytes, context)
                     .map_err(|e| model_err(path, format!("loading weights: {e}")))?;
@@ -249,18 +393,14 @@ impl LocalLlama {
                 .map_err(|e| model_err(path, format!("loading weights: {e}")))?,
         };
 
-        let mut template = minijinja::Environment::new();
-        let source = tok
-            .chat_template
-            .clone()
-            .unwrap_or_else(|| FALLBACK_CHATML.to_string());
-        template
-            .add_template_owned("chat", source)
+        let template = chat_environment(&tok)
             .map_err(|e| model_err(path, format!("tokenizer.chat_template: {e}")))?;
 
-        let mut stop_ids: Vec<u32> = tok.eos_id.into_iter().collect();
-        for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>"] {
-            if let Some(id) = tok.special.get(name) {
+        // End of answer: the file's EOS and EOT ids, and the end-of-turn
+        // control tokens of the known chat formats.
+        let mut stop_ids: Vec<u32> = tok.eos_id.into_iter().chain(tok.eot_id).collect();
+        for name in END_OF_TURN {
+            if let Some(id) = tok.special.get(*name) {
                 if !stop_ids.contains(id) {
                     stop_ids.push(*id);
                 }
@@ -273,6 +413,7 @@ impl LocalLlama {
         Ok(Self {
             shared: Arc::new(Shared {
                 engine,
+                arch: arch_kind,
                 tok,
                 template,
                 stop_ids,
@@ -326,6 +467,53 @@ impl LocalLlama {
         self.shared.tok.encode(text)
     }
 
+    /// The prompt ids for `messages`: the rendered chat template, with the
+    /// BOS id in front when the file asks for one (`add_bos_token`) and the
+    /// template did not write it.
+    pub fn prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let mut ids = self.encode(&self.render_chat(messages)?)?;
+        let tok = &self.shared.tok;
+        if let (true, Some(bos)) = (tok.add_bos, tok.bos_id) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Text of token ids (bytes joined, invalid UTF-8 replaced).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| {
+                self.shared
+                    .tok
+                    .token_bytes
+                    .get(i as usize)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The file's architecture.
+    pub fn architecture(&self) -> &'static str {
+        self.shared.arch.name()
+    }
+
+    /// Token ids of a generation with `params`, as [`Generator::generate`]
+    /// would produce them (for tests and measurements).
+    pub fn generate_ids(&self, messages: &[ChatMessage], params: &GenParams) -> Result<Vec<u32>> {
+        let ids = self.prompt_ids(messages)?;
+        let mut out = Vec::new();
+        self.shared.decode_loop(&ids, params, |tok, _| {
+            out.push(tok);
+            true
+        })?;
+        Ok(out)
+    }
+
     /// Generations in progress (running or waiting for a slot).
     pub fn active_generations(&self) -> usize {
         self.shared.active.load(Ordering::SeqCst)
@@ -360,20 +548,15 @@ impl LocalLlama {
                 s.context
             )));
         }
-        let err = |e: candle_core::Error| RagError::Model(format!("{}: {e}", s.id));
         let mut runner = s.runner(prompt.len() + steps)?;
         let mut out = Vec::with_capacity(steps);
         let mut logits = runner.step(prompt, 0)?;
         for i in 0..steps {
-            let v = logits.to_vec1::<f32>().map_err(err)?;
             let next = match forced.and_then(|f| f.get(i)) {
                 Some(&t) => t,
-                None => logits
-                    .argmax(0)
-                    .and_then(|t| t.to_scalar::<u32>())
-                    .map_err(err)?,
+                None => argmax(&logits),
             };
-            out.push(v);
+            out.push(std::mem::take(&mut logits));
             if i + 1 < steps {
                 logits = runner.step(&[next], prompt.len() + i)?;
             }
@@ -450,17 +633,20 @@ impl Shared {
                 native::Session::new(Arc::clone(m), positions)
                     .map_err(|e| RagError::Model(format!("{}: {e}", self.id)))?,
             ),
+            Engine::Transformer(m) => Runner::Transformer(transformer::Session::new(Arc::clone(m))),
         })
     }
 
-    fn run_inner(
+    /// The decoding loop: samples up to `max_tokens` tokens after `ids`
+    /// under the decoding controls, calling `emit(token, text_bytes)` for
+    /// each (not for an end-of-turn token); `emit` returns false to stop.
+    /// Ends at an end-of-turn token, at the cap, or when the answer loops.
+    fn decode_loop(
         &self,
-        llama: &LocalLlama,
-        req: &GenerateRequest,
-        tx: &mpsc::Sender<Delta>,
+        ids: &[u32],
+        params: &GenParams,
+        mut emit: impl FnMut(u32, &[u8]) -> bool,
     ) -> Result<()> {
-        let prompt = llama.render_chat(&req.messages)?;
-        let ids = self.tok.encode(&prompt)?;
         if ids.is_empty() {
             return Err(RagError::InvalidInput("empty prompt".into()));
         }
@@ -472,7 +658,6 @@ impl Shared {
                 self.context - 1
             )));
         }
-        let params: &GenParams = &req.params;
         let max_new = params.max_tokens.min(self.context - ids.len());
         if max_new == 0 {
             return Ok(());
@@ -491,15 +676,17 @@ impl Shared {
             }
         };
         let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling);
+        let mut penalties = Penalties::new(params.repetition_penalty, params.no_repeat_ngram);
+        let mut guard = LoopGuard::default();
         let mut runner = self.runner(ids.len() + max_new)?;
         let err = |e: candle_core::Error| RagError::Model(format!("{}: {e}", self.id));
-        let logits = runner.step(&ids, 0)?;
-        let mut next = sampler.sample(&logits).map_err(err)?;
-        self.tokens.fetch_add(1, Ordering::SeqCst);
-
-        let mut utf8 = Utf8Stream::default();
-        let mut stops = StopMatcher::new(&params.stop);
+        let mut logits = runner.step(ids, 0)?;
         for (pos, produced) in (ids.len()..).zip(1..=max_new) {
+            penalties.apply(&mut logits, &self.stop_ids);
+            let n = logits.len();
+            let t = Tensor::from_vec(std::mem::take(&mut logits), n, &Device::Cpu).map_err(err)?;
+            let next = sampler.sample(&t).map_err(err)?;
+            self.tokens.fetch_add(1, Ordering::SeqCst);
             if self.stop_ids.contains(&next) {
                 break;
             }
@@ -509,19 +696,46 @@ impl Shared {
                 .get(next as usize)
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
-            let text = stops.push(&utf8.push(bytes));
-            if !text.is_empty() && tx.blocking_send(Ok(text)).is_err() {
-                return Ok(()); // receiver dropped: cancelled
+            if !emit(next, bytes) {
+                break;
             }
-            if stops.stopped() || tx.is_closed() {
-                return Ok(()); // stop string found (nothing to flush), or cancelled
+            penalties.push(next);
+            if guard.push(&String::from_utf8_lossy(bytes)) {
+                tracing::debug!(model = %self.id, tokens = produced, "answer repeats itself: ended");
+                break;
             }
             if produced == max_new {
                 break;
             }
-            let logits = runner.step(&[next], pos)?;
-            next = sampler.sample(&logits).map_err(err)?;
-            self.tokens.fetch_add(1, Ordering::SeqCst);
+            logits = runner.step(&[next], pos)?;
+        }
+        Ok(())
+    }
+
+    fn run_inner(
+        &self,
+        llama: &LocalLlama,
+        req: &GenerateRequest,
+        tx: &mpsc::Sender<Delta>,
+    ) -> Result<()> {
+        let ids = llama.prompt_ids(&req.messages)?;
+        let mut utf8 = Utf8Stream::default();
+        let mut stops = StopMatcher::new(&req.params.stop);
+        let mut done = false;
+        self.decode_loop(&ids, &req.params, |_, bytes| {
+            let text = stops.push(&utf8.push(bytes));
+            if !text.is_empty() && tx.blocking_send(Ok(text)).is_err() {
+                done = true; // receiver dropped: cancelled
+                return false;
+            }
+            if stops.stopped() || tx.is_closed() {
+                done = true; // stop string found (nothing to flush), or cancelled
+                return false;
+            }
+            true
+        })?;
+        if done {
+            return Ok(());
         }
         let rest = stops.push(&utf8.finish()) + &stops.finish();
         if !rest.is_empty() {

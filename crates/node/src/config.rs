@@ -31,8 +31,9 @@ pub struct NodeConfig {
     pub retrieval: ragfleet_rag::RetrievalConfig,
     /// Prompt assembly (context budget, history turns, system prompt).
     pub prompt: ragfleet_rag::PromptConfig,
-    /// Default sampling parameters of chat answers.
-    pub generation: ragfleet_rag::generate::GenParams,
+    /// Default sampling and decoding parameters of chat answers, and the
+    /// local model file (`[generation.local] model`).
+    pub generation: GenerationConfig,
     /// Vector index settings.
     pub index: ragfleet_rag::config::IndexConfig,
     /// The store: SQLite in `data_dir` (default), a shared SQLite file, or
@@ -66,7 +67,7 @@ impl Default for NodeConfig {
             chunk: engine.chunk,
             retrieval: engine.retrieval,
             prompt: engine.prompt,
-            generation: engine.generation,
+            generation: GenerationConfig::from(engine.generation),
             index: engine.index,
             store: engine.store,
             memory: engine.memory,
@@ -145,6 +146,78 @@ impl Default for LocalConfig {
             max_concurrent: 1,
             context_tokens: None,
         }
+    }
+}
+
+/// `[generation]`: the defaults of [`ragfleet_rag::generate::GenParams`]
+/// for chat requests that give none, plus `[generation.local]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationConfig {
+    /// Most answer tokens.
+    pub max_tokens: usize,
+    /// 0 = greedy decoding.
+    pub temperature: f64,
+    /// Nucleus sampling (with temperature > 0).
+    pub top_p: Option<f64>,
+    /// Sampling seed.
+    pub seed: u64,
+    /// Extra stop strings.
+    pub stop: Vec<String>,
+    /// Local models: logits of tokens already in the answer are divided by
+    /// this (1.0 = off).
+    pub repetition_penalty: f32,
+    /// Local models: no token n-gram of this length repeats within an
+    /// answer (0 = off).
+    pub no_repeat_ngram: usize,
+    /// The `local` generator's model file.
+    pub local: GenerationLocal,
+}
+
+/// `[generation.local]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationLocal {
+    /// GGUF file of the `local` generator (llama, qwen2, qwen3, gemma3,
+    /// phi3), relative to `models_dir` unless absolute; overrides
+    /// `[local] gguf`. `--llm-model` sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<PathBuf>,
+}
+
+impl GenerationConfig {
+    /// The request defaults the engine uses.
+    pub fn params(&self) -> ragfleet_rag::generate::GenParams {
+        ragfleet_rag::generate::GenParams {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop: self.stop.clone(),
+            repetition_penalty: self.repetition_penalty,
+            no_repeat_ngram: self.no_repeat_ngram,
+        }
+    }
+}
+
+impl From<ragfleet_rag::generate::GenParams> for GenerationConfig {
+    fn from(p: ragfleet_rag::generate::GenParams) -> Self {
+        Self {
+            max_tokens: p.max_tokens,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            seed: p.seed,
+            stop: p.stop,
+            repetition_penalty: p.repetition_penalty,
+            no_repeat_ngram: p.no_repeat_ngram,
+            local: GenerationLocal::default(),
+        }
+    }
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        ragfleet_rag::generate::GenParams::default().into()
     }
 }
 
@@ -476,6 +549,19 @@ impl NodeConfig {
                 ));
             }
         }
+        let g = &self.generation;
+        if !(1.0..=10.0).contains(&g.repetition_penalty) {
+            return Err(ConfigError::Invalid(format!(
+                "generation.repetition_penalty must be between 1.0 (off) and 10.0, not {}",
+                g.repetition_penalty
+            )));
+        }
+        if g.no_repeat_ngram == 1 || g.no_repeat_ngram > 64 {
+            return Err(ConfigError::Invalid(format!(
+                "generation.no_repeat_ngram must be 0 (off) or between 2 and 64, not {}",
+                g.no_repeat_ngram
+            )));
+        }
         if self.generator == GeneratorKind::Openai && !self.openai.is_configured() {
             return Err(ConfigError::Invalid(
                 "generator = \"openai\" needs openai.base_url".into(),
@@ -504,12 +590,19 @@ impl NodeConfig {
         }
     }
 
-    /// The GGUF path of the local generator, resolved against `models_dir`.
+    /// The GGUF path of the local generator, resolved against `models_dir`:
+    /// `[generation.local] model` (`--llm-model`) when set, else `[local] gguf`.
     pub fn local_gguf(&self) -> PathBuf {
-        if self.local.gguf.is_absolute() {
-            self.local.gguf.clone()
+        let file = self
+            .generation
+            .local
+            .model
+            .as_ref()
+            .unwrap_or(&self.local.gguf);
+        if file.is_absolute() {
+            file.clone()
         } else {
-            self.models_dir.join(&self.local.gguf)
+            self.models_dir.join(file)
         }
     }
 
@@ -521,7 +614,7 @@ impl NodeConfig {
             chunk: self.chunk.clone(),
             retrieval: self.retrieval.clone(),
             prompt: self.prompt.clone(),
-            generation: self.generation.clone(),
+            generation: self.generation.params(),
             index: self.index.clone(),
             store: self.store.clone(),
             memory: self.memory.clone(),
@@ -587,6 +680,40 @@ mod tests {
         assert!(err.to_string().contains("max_bodybytes"), "{err}");
         let err = NodeConfig::from_toml("listne = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.to_string().contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn generation_section_takes_decoding_keys_and_the_local_model() {
+        let cfg = NodeConfig::from_toml(
+            "[generation]\nrepetition_penalty = 1.3\nno_repeat_ngram = 4\n[generation.local]\nmodel = \"/m/qwen.gguf\"\n",
+        )
+        .unwrap();
+        let p = cfg.engine_config().generation;
+        assert_eq!((p.repetition_penalty, p.no_repeat_ngram), (1.3, 4));
+        assert_eq!(p.max_tokens, NodeConfig::default().generation.max_tokens);
+        assert_eq!(cfg.local_gguf(), PathBuf::from("/m/qwen.gguf"));
+        // Without [generation.local] the [local] gguf is used, under models_dir.
+        let cfg = NodeConfig::from_toml("models_dir = \"/ms\"\n").unwrap();
+        assert_eq!(
+            cfg.local_gguf(),
+            PathBuf::from("/ms/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        );
+        let d = NodeConfig::default().generation;
+        assert!(
+            d.repetition_penalty > 1.0 && d.no_repeat_ngram >= 2,
+            "{d:?}"
+        );
+        for bad in [
+            "[generation]\nrepetition_penalty = 0.5\n",
+            "[generation]\nno_repeat_ngram = 1\n",
+        ] {
+            let err = NodeConfig::from_toml(bad).unwrap_err().to_string();
+            assert!(err.contains("generation."), "{err}");
+        }
+        let err = NodeConfig::from_toml("[generation.local]\ngguf = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("gguf"), "{err}");
+        let err = NodeConfig::from_toml("[generation]\nrepetition = 1.2\n").unwrap_err();
+        assert!(err.to_string().contains("repetition"), "{err}");
     }
 
     #[test]

@@ -19,7 +19,14 @@ pub struct ChatMessage {
 }
 
 /// Sampling parameters. `temperature == 0` means greedy decoding.
+///
+/// `repetition_penalty` and `no_repeat_ngram` are decoding controls of the
+/// local models (the `openai` generator sends neither); both look at the
+/// answer's own tokens only, never at the prompt, so an answer may still
+/// copy from its sources. Local generation also ends an answer that starts
+/// to repeat an earlier span of itself (docs/models.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GenParams {
     pub max_tokens: usize,
     pub temperature: f64,
@@ -28,7 +35,18 @@ pub struct GenParams {
     /// Extra stop strings (the model's own end-of-turn tokens always stop).
     #[serde(default)]
     pub stop: Vec<String>,
+    /// Logits of tokens the answer already holds are divided by this
+    /// (multiplied when negative). 1.0 = off.
+    pub repetition_penalty: f32,
+    /// No token sequence of this length occurs twice in an answer. 0 = off.
+    pub no_repeat_ngram: usize,
 }
+
+/// Default of [`GenParams::repetition_penalty`]: stops SmolLM2's loops
+/// without bending short factual answers (docs/models.md).
+pub const DEFAULT_REPETITION_PENALTY: f32 = 1.1;
+/// Default of [`GenParams::no_repeat_ngram`].
+pub const DEFAULT_NO_REPEAT_NGRAM: usize = 6;
 
 impl Default for GenParams {
     fn default() -> Self {
@@ -38,6 +56,8 @@ impl Default for GenParams {
             top_p: None,
             seed: 42,
             stop: Vec::new(),
+            repetition_penalty: DEFAULT_REPETITION_PENALTY,
+            no_repeat_ngram: DEFAULT_NO_REPEAT_NGRAM,
         }
     }
 }

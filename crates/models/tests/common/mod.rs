@@ -41,3 +41,14 @@ pub fn fixture(name: &str) -> serde_json::Value {
     });
     serde_json::from_str(&s).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
+
+/// Gemma 3 270M (base model, Q4_K_M) from scripts/fetch-models.sh.
+pub fn gemma3_path() -> PathBuf {
+    let p = models_dir().join("gemma3/gemma-3-270m-q4_k_m.gguf");
+    assert!(
+        p.is_file(),
+        "model file {} is missing: run scripts/fetch-models.sh (or set RAGFLEET_MODELS)",
+        p.display()
+    );
+    p
+}
