@@ -38,6 +38,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(ask(args))
 }
 
+/// Standard output was closed by its reader (`ragfleet ask … | head -1`):
+/// a normal end, not an error. `main` exits 0 without a message on it.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// A write to standard output failed: `StdoutClosed` for a broken pipe,
+/// the error itself otherwise.
+pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        anyhow::Error::new(e).context("writing to standard output")
+    }
+}
+
 async fn ask(args: Args) -> anyhow::Result<()> {
     let base = args.url.trim_end_matches('/');
     let mut body = json!({ "message": args.question, "stream": true });
@@ -79,17 +102,19 @@ async fn ask(args: Args) -> anyhow::Result<()> {
             let v: Value = serde_json::from_str(&data)
                 .with_context(|| format!("bad {event} event from the node: {data}"))?;
             if args.json {
-                writeln!(stdout, "{}", json!({ "event": event, "data": v }))?;
+                writeln!(stdout, "{}", json!({ "event": event, "data": v }))
+                    .map_err(stdout_error)?;
             }
             match event.as_str() {
                 "token" if !args.json => {
-                    write!(stdout, "{}", v["text"].as_str().unwrap_or_default())?;
-                    stdout.flush()?;
+                    write!(stdout, "{}", v["text"].as_str().unwrap_or_default())
+                        .and_then(|()| stdout.flush())
+                        .map_err(stdout_error)?;
                 }
                 "done" => {
                     finished = true;
                     if !args.json {
-                        print_done(&mut stdout, &v)?;
+                        print_done(&mut stdout, &v).map_err(stdout_error)?;
                     }
                 }
                 "error" => {

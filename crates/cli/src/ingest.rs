@@ -19,7 +19,8 @@ pub struct Args {
     #[arg(long, env = "RAGFLEET_URL", conflicts_with = "data")]
     pub url: Option<String>,
     /// Write into this data directory directly, without a node (stop any node
-    /// using it first).
+    /// using it first). The data directory of `ragfleet up`: into the
+    /// cluster's store, which its nodes follow (running or not).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Models directory (direct mode: the embedding model).
@@ -76,9 +77,14 @@ impl Summary {
         }
     }
 
-    fn print(&self, elapsed: std::time::Duration) {
+    fn print(
+        &self,
+        out: &mut impl std::io::Write,
+        elapsed: std::time::Duration,
+    ) -> std::io::Result<()> {
         let o = &self.outcome;
-        println!(
+        writeln!(
+            out,
             "{} files: {} documents ({} new, {} replaced, {} unchanged), {} chunks in {:.1}s",
             self.files,
             o.documents,
@@ -87,19 +93,20 @@ impl Summary {
             o.unchanged,
             o.chunks,
             elapsed.as_secs_f64()
-        );
+        )?;
         if !self.failures.is_empty() {
-            println!("{} failures:", self.failures.len());
+            writeln!(out, "{} failures:", self.failures.len())?;
             for (p, e) in &self.failures {
                 // Loader errors already start with the file's name.
                 let name = p.display().to_string();
                 if e.starts_with(&name) {
-                    println!("  {e}");
+                    writeln!(out, "  {e}")?;
                 } else {
-                    println!("  {name}: {e}");
+                    writeln!(out, "  {name}: {e}")?;
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -137,7 +144,12 @@ async fn ingest(args: Args) -> anyhow::Result<()> {
         (Some(_), Some(_)) => bail!("--url and --data exclude each other"),
     };
     bar.finish_and_clear();
-    summary.print(started.elapsed());
+    // A closed standard output (`| head`) is no failure of the ingest.
+    if let Err(e) = summary.print(&mut std::io::stdout().lock(), started.elapsed()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(crate::ask::stdout_error(e));
+        }
+    }
     if !summary.failures.is_empty() {
         bail!("{} failures", summary.failures.len());
     }
@@ -329,12 +341,59 @@ mod direct {
             None => NodeConfig::default(),
         };
         cfg.data_dir = data.to_path_buf();
+        if cfg.store.url.is_none() {
+            if let Some((db, index_dir)) = up_store(data)? {
+                cfg.store.url = Some(format!("sqlite://{}", db.display()));
+                cfg.data_dir = index_dir;
+            }
+        }
         cfg.models_dir = args.models.clone();
         // Ingestion only embeds: never load a generator model for it.
         cfg.generator = GeneratorKind::Extractive;
         cfg.local.enabled = false;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// `--data DIR` aimed at the data directory of `ragfleet up` (its
+    /// `store/` next to `gateway.toml` or `node-1/`): the store the cluster
+    /// reads is `store/ragfleet.db`, not a new one in DIR. Returns that file
+    /// and the index directory this ingest keeps for itself (`DIR/ingest`;
+    /// the nodes catch up from the store's change log), `None` for any other
+    /// directory, and an error when the cluster's store is not here
+    /// (`up --postgres-url`): then only the cluster can take the files.
+    pub(super) fn up_store(data: &Path) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+        let is_up = data.join("store").is_dir()
+            && (data.join("gateway.toml").is_file() || data.join("node-1").is_dir());
+        if !is_up {
+            return Ok(None);
+        }
+        let db = data.join("store").join("ragfleet.db");
+        if !db.is_file() {
+            let gateway = std::fs::read_to_string(data.join("gateway.toml"))
+                .ok()
+                .and_then(|t| t.parse::<toml::Table>().ok())
+                .and_then(|t| {
+                    let a = t.get("listen")?.get("addr")?.as_str()?.to_string();
+                    Some(a)
+                })
+                .unwrap_or_else(|| "127.0.0.1:8080".into());
+            bail!(
+                "{} is the data directory of `ragfleet up`, but its nodes keep their \
+                 documents in another store (--postgres-url), not in this directory; \
+                 send the files to the running cluster instead: \
+                 ragfleet ingest --url http://{gateway} PATH…",
+                data.display()
+            );
+        }
+        let db = std::path::absolute(&db).context("resolving the data directory")?;
+        eprintln!(
+            "ragfleet ingest: {} is the data directory of `ragfleet up`: writing into its \
+             store {} (running nodes pick the documents up from it)",
+            data.display(),
+            db.display()
+        );
+        Ok(Some((db, data.join("ingest"))))
     }
 
     pub(super) async fn ingest_direct(
@@ -344,6 +403,7 @@ mod direct {
         bar: &ProgressBar,
     ) -> anyhow::Result<Summary> {
         let cfg = config(args, data)?;
+        let data = cfg.data_dir.as_path();
         std::fs::create_dir_all(data)
             .with_context(|| format!("creating the data directory {}", data.display()))?;
         let engine = ragfleet_node::open_engine(&cfg)

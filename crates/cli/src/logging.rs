@@ -1,10 +1,16 @@
 //! tracing setup shared by every subcommand. `RUST_LOG` filters (default `info`).
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 pub fn init(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal (and not with NO_COLOR): a log file or a
+    // pipe gets plain text, without escape sequences.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     // A second init (tests) is harmless: ignore the error.
     let _ = if json {

@@ -52,12 +52,18 @@ fn main() -> anyhow::Result<()> {
     cpu::check();
     let cli = Cli::parse();
     logging::init(cli.log_json);
-    match cli.command {
+    let result = match cli.command {
         Command::Up(a) => up::run(a),
         Command::Gateway(a) => gateway::run(a),
         Command::Node(a) => node::run(a),
         Command::Ingest(a) => ingest::run(a),
         Command::Ask(a) => ask::run(a),
         Command::Eval(a) => eval::run(a),
+    };
+    match result {
+        // The reader of our output went away (`… | head -1`): it has what
+        // it wanted, so this is a normal, quiet end.
+        Err(e) if e.downcast_ref::<ask::StdoutClosed>().is_some() => Ok(()),
+        r => r,
     }
 }

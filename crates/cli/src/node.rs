@@ -37,6 +37,10 @@ pub struct Args {
     /// Generations run at once on this node.
     #[arg(long, env = "RAGFLEET_MAX_CONCURRENT_GENERATIONS")]
     pub max_concurrent_generations: Option<usize>,
+    /// Largest request body (`limits.max_body_bytes`; 413 above it): bytes,
+    /// or e.g. "64MiB". Keep it equal to the gateway's `listen.max_body_size`.
+    #[arg(long, env = "RAGFLEET_MAX_BODY_BYTES", value_parser = parse_body_size)]
+    pub max_body_bytes: Option<usize>,
     /// Store URL: `sqlite:///path/ragfleet.db` (one file shared by the nodes
     /// of a machine) or `postgres://user@host/db`; default: SQLite in --data.
     #[arg(long, env = "RAGFLEET_STORE_URL")]
@@ -100,6 +104,9 @@ impl Args {
         if let Some(v) = self.max_concurrent_generations {
             cfg.limits.max_concurrent_generations = v;
         }
+        if let Some(v) = self.max_body_bytes {
+            cfg.limits.max_body_bytes = v;
+        }
         if let Some(v) = &self.store_url {
             cfg.store.url = Some(v.clone()).filter(|u| !u.is_empty());
         }
@@ -144,6 +151,12 @@ pub fn llm_model_path(p: &std::path::Path) -> PathBuf {
     } else {
         p.to_path_buf()
     }
+}
+
+/// "4096", "512KiB", "64MiB", "1GiB" (the gateway's size syntax).
+pub fn parse_body_size(s: &str) -> Result<usize, String> {
+    let n = ragfleet_gateway::config::parse_size(s)?;
+    usize::try_from(n).map_err(|_| format!("size {s:?} is too large"))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

@@ -29,9 +29,20 @@ pub struct Args {
     /// Number of nodes.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
-    /// Address the gateway listens on (the page and the API).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    /// Address the gateway listens on (the page and the API); default
+    /// 127.0.0.1:8080, or `listen.addr` of --gateway-config.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Largest request body, for the gateway (`listen.max_body_size`) and
+    /// the nodes (`limits.max_body_bytes`) together: bytes, or e.g. "64MiB",
+    /// "1GiB". Default: `listen.max_body_size` of --gateway-config, else 64MiB.
+    #[arg(long, value_parser = crate::node::parse_body_size)]
+    pub max_body: Option<usize>,
+    /// Your gateway settings (TOML, docs/gateway.md), merged with the
+    /// generated pool of nodes: your keys win, except the nodes' server list
+    /// (or etcd discovery) and the `/` route to them.
+    #[arg(long)]
+    pub gateway_config: Option<PathBuf>,
     /// Data directory (node-N/ indexes, store/, logs/, gateway.toml).
     #[arg(long, default_value = "data")]
     pub data: PathBuf,
@@ -171,6 +182,175 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The default body limit of `up`, for the gateway and the nodes alike.
+pub const DEFAULT_MAX_BODY: usize = 64 << 20;
+
+/// Refuse a port another process holds, before anything starts: the
+/// child would fail to bind, and a readiness probe could reach the other
+/// process instead.
+fn check_port_free(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(l) => {
+            drop(l);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "port {} ({what}, {addr}) is already in use by another process \
+             (another `ragfleet up` or gateway?): stop it, or choose another port with {flag}",
+            addr.port()
+        ),
+        Err(e) => bail!("cannot listen on {addr} ({what}): {e}"),
+    }
+}
+
+/// `listen.max_body_size` of a gateway file, if set (an integer or a size
+/// string such as "64MiB").
+fn toml_size(v: &toml::Value) -> anyhow::Result<u64> {
+    match v {
+        toml::Value::Integer(n) => {
+            u64::try_from(*n).map_err(|_| anyhow::anyhow!("negative size {n}"))
+        }
+        toml::Value::String(s) => {
+            ragfleet_gateway::config::parse_size(s).map_err(|e| anyhow::anyhow!(e))
+        }
+        other => bail!("a size must be an integer or a string such as \"64MiB\", not {other}"),
+    }
+}
+
+/// The user's gateway file (`--gateway-config`) over the generated
+/// configuration: the user's keys win, table by table, except the nodes'
+/// server list or discovery (`pool.nodes.servers`, `pool.nodes.discovery`)
+/// and the `/` route to them, which are `up`'s. Other routes and pools of
+/// the user are kept.
+pub fn merge_gateway_config(generated: &str, user: &toml::Table) -> anyhow::Result<String> {
+    let mut out: toml::Table = generated
+        .parse()
+        .context("parsing the generated gateway configuration")?;
+    let gen_pool = out
+        .get("pool")
+        .and_then(|p| p.get("nodes"))
+        .and_then(|n| n.as_table())
+        .cloned()
+        .unwrap_or_default();
+    let gen_routes = out.remove("route");
+    merge_tables(&mut out, user.clone());
+    if let Some(pool) = out
+        .get_mut("pool")
+        .and_then(|p| p.as_table_mut())
+        .and_then(|p| p.get_mut("nodes"))
+        .and_then(|n| n.as_table_mut())
+    {
+        for key in ["servers", "discovery"] {
+            match gen_pool.get(key) {
+                Some(v) => pool.insert(key.into(), v.clone()),
+                None => pool.remove(key),
+            };
+        }
+    }
+    let mut routes = match out.remove("route") {
+        Some(toml::Value::Array(a)) => a,
+        Some(_) => bail!("`route` must be an array of tables ([[route]])"),
+        None => Vec::new(),
+    };
+    routes.retain(|r| r.get("prefix").and_then(|p| p.as_str()) != Some("/"));
+    if let Some(toml::Value::Array(g)) = gen_routes {
+        routes.extend(g);
+    }
+    out.insert("route".into(), toml::Value::Array(routes));
+    toml::to_string(&out).context("writing the merged gateway configuration")
+}
+
+fn merge_tables(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// The gateway's configuration file for `up`, written to `path`: the
+/// generated one, merged with `--gateway-config` when given. Returns the
+/// address the gateway listens on and the body limit (gateway and nodes).
+fn write_gateway_config(
+    args: &Args,
+    nodes: &[SocketAddr],
+    path: &Path,
+) -> anyhow::Result<(SocketAddr, usize)> {
+    let mut user = match &args.gateway_config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading --gateway-config {}", p.display()))?;
+            let t: toml::Table = text
+                .parse()
+                .with_context(|| format!("--gateway-config {}", p.display()))?;
+            Some(t)
+        }
+        None => None,
+    };
+    let user_listen = user
+        .as_mut()
+        .and_then(|u| u.get_mut("listen"))
+        .and_then(|l| l.as_table_mut());
+    let mut file_addr = None;
+    let mut file_max = None;
+    if let Some(l) = user_listen {
+        if args.listen.is_some() {
+            // --listen wins over the file, as with `ragfleet gateway`.
+            l.remove("addr");
+        } else if let Some(a) = l.get("addr") {
+            let a = a.as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+            file_addr =
+                Some(a.context("--gateway-config: listen.addr must be a string \"host:port\"")?);
+        }
+        if let Some(v) = l.get("max_body_size") {
+            let n = toml_size(v).context("--gateway-config: listen.max_body_size")?;
+            file_max = Some(usize::try_from(n).unwrap_or(usize::MAX));
+        }
+    }
+    let max_body = match (args.max_body, file_max) {
+        (Some(a), Some(f)) if a != f => bail!(
+            "--max-body {a} and listen.max_body_size = {f} of --gateway-config disagree: \
+             give the limit in one place"
+        ),
+        (Some(a), _) => a,
+        (None, Some(f)) => f,
+        (None, None) => DEFAULT_MAX_BODY,
+    };
+    if max_body < 1024 {
+        bail!("the body limit must be at least 1024 bytes (the nodes' minimum), not {max_body}");
+    }
+    let listen = args
+        .listen
+        .or(file_addr)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let generated = gateway_toml(listen, nodes, args.stop_timeout, &args.etcd, max_body);
+    let text = match (&user, &args.gateway_config) {
+        (Some(u), Some(p)) => format!(
+            "# Written by `ragfleet up` at every start: {} merged with the generated pool\n\
+             # of nodes. Edit that file, not this one.\n{}",
+            p.display(),
+            merge_gateway_config(&generated, u)?
+        ),
+        _ => generated,
+    };
+    std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    let cfg =
+        ragfleet_gateway::config::Config::load(path).map_err(|e| match &args.gateway_config {
+            Some(p) => anyhow::anyhow!(
+                "the gateway configuration merged from {} is invalid: {e}",
+                p.display()
+            ),
+            None => anyhow::anyhow!("the generated gateway configuration is invalid: {e}"),
+        })?;
+    if cfg.tls.is_some() {
+        bail!("--gateway-config with [tls] is not supported by `up` (its readiness probe speaks plain HTTP)");
+    }
+    Ok((cfg.listen.addr, max_body))
+}
+
 /// The gateway's configuration: every node in one p2c pool behind `/`,
 /// checked actively on `/ready` (a draining or catching-up node leaves the
 /// rotation within a second) and passively. With etcd the pool has no
@@ -181,6 +361,7 @@ pub fn gateway_toml(
     nodes: &[SocketAddr],
     stop_timeout: u64,
     etcd: &[String],
+    max_body: usize,
 ) -> String {
     let servers: Vec<String> = if etcd.is_empty() {
         nodes
@@ -201,10 +382,12 @@ pub fn gateway_toml(
         )
     };
     format!(
-        r#"# Written by `ragfleet up`; regenerated at every start.
+        r#"# Written by `ragfleet up`; regenerated at every start (keep your own
+# settings in a file given with --gateway-config).
 [listen]
 addr = "{listen}"
 shutdown_timeout = "{stop}s"
+max_body_size = {max_body}
 
 [[route]]
 prefix = "/"
@@ -285,6 +468,15 @@ async fn up(args: Args) -> anyhow::Result<()> {
         node_addrs.push(SocketAddr::from(([127, 0, 0, 1], port)));
     }
 
+    let gw_path = data.join("gateway.toml");
+    let (gw_addr, max_body) = write_gateway_config(&args, &node_addrs, &gw_path)?;
+    // Every port free before anything starts: a bind error stops `up` here,
+    // naming the port, instead of a child crash-looping on it.
+    check_port_free(gw_addr, "the gateway", "--listen")?;
+    for (i, addr) in node_addrs.iter().enumerate() {
+        check_port_free(addr.to_owned(), &format!("node-{}", i + 1), "--node-port")?;
+    }
+
     let mut children: Vec<Child> = Vec::new();
     for (i, addr) in node_addrs.iter().enumerate() {
         let name = format!("node-{}", i + 1);
@@ -303,6 +495,7 @@ async fn up(args: Args) -> anyhow::Result<()> {
                 .to_string()
                 .into(),
         );
+        push("--max-body-bytes", max_body.to_string().into());
         if let Some(v) = &args.config {
             push("--config", v.clone().into_os_string());
         }
@@ -345,14 +538,6 @@ async fn up(args: Args) -> anyhow::Result<()> {
             restart_at: None,
         });
     }
-    let gw_path = data.join("gateway.toml");
-    std::fs::write(
-        &gw_path,
-        gateway_toml(args.listen, &node_addrs, args.stop_timeout, &args.etcd),
-    )
-    .with_context(|| format!("writing {}", gw_path.display()))?;
-    ragfleet_gateway::config::Config::load(&gw_path)
-        .map_err(|e| anyhow::anyhow!("the generated gateway configuration is invalid: {e}"))?;
     children.push(Child {
         name: "gateway".into(),
         args: vec![
@@ -361,7 +546,7 @@ async fn up(args: Args) -> anyhow::Result<()> {
             gw_path.clone().into_os_string(),
         ],
         log: data.join("logs").join("gateway.log"),
-        base: format!("http://{}", args.listen),
+        base: format!("http://{gw_addr}"),
         ready_path: "/ready",
         proc: None,
         started: Instant::now(),
@@ -372,12 +557,12 @@ async fn up(args: Args) -> anyhow::Result<()> {
     let shutdown = ragfleet_node::shutdown_signal();
     tokio::pin!(shutdown);
     let result = tokio::select! {
-        r = start_all(&exe, &mut children, &args) => r,
+        r = start_all(&exe, &mut children, &args, gw_addr) => r,
         _ = &mut shutdown => Err(anyhow::anyhow!("interrupted while starting")),
     };
     let result = match result {
         Ok(()) => {
-            print_urls(&args, &node_addrs, data);
+            print_urls(gw_addr, &node_addrs, data);
             supervise(&exe, &mut children, &args, &mut shutdown).await
         }
         Err(e) => Err(e),
@@ -388,40 +573,64 @@ async fn up(args: Args) -> anyhow::Result<()> {
     result
 }
 
-async fn start_all(exe: &Path, children: &mut [Child], args: &Args) -> anyhow::Result<()> {
+async fn start_all(
+    exe: &Path,
+    children: &mut [Child],
+    args: &Args,
+    gw_addr: SocketAddr,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.ready_timeout);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
     let n = children.len();
     // The first node alone (it creates the shared store), then the others,
-    // then the gateway.
+    // then the gateway. Each must answer from its own process: a node's
+    // `/health` with its pid, the gateway's with the pid of one of our nodes.
     eprintln!(
         "ragfleet up: starting {} (logs in {})",
         children[0].name,
         args.data.join("logs").display()
     );
     children[0].spawn(exe)?;
-    wait_ready(&http, &mut children[0], deadline).await?;
+    wait_ready(&http, &mut children[0], None, deadline).await?;
     for c in children[1..n - 1].iter_mut() {
         eprintln!("ragfleet up: starting {}", c.name);
         c.spawn(exe)?;
     }
     for c in children[1..n - 1].iter_mut() {
-        wait_ready(&http, c, deadline).await?;
+        wait_ready(&http, c, None, deadline).await?;
     }
-    eprintln!("ragfleet up: starting the gateway on {}", args.listen);
+    let node_pids: Vec<u32> = children[..n - 1].iter().filter_map(Child::pid).collect();
+    eprintln!("ragfleet up: starting the gateway on {gw_addr}");
     children[n - 1].spawn(exe)?;
-    wait_ready(&http, &mut children[n - 1], deadline).await?;
+    wait_ready(&http, &mut children[n - 1], Some(&node_pids), deadline).await?;
     Ok(())
 }
 
+/// Whose `/health` answered: the `pid` of the node behind `base` (the node
+/// itself, or one the gateway chose).
+async fn health_pid(http: &reqwest::Client, base: &str) -> Option<u32> {
+    let r = http.get(format!("{base}/health")).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let v: serde_json::Value = r.json().await.ok()?;
+    v["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
+}
+
+/// Wait until `c` is ready: its `/health` answers from the expected
+/// process (`c` itself, or for the gateway one of `via`, the nodes' pids),
+/// then its ready path answers 2xx. A child that exits, or an answer from
+/// another process, ends the wait at once with an error.
 async fn wait_ready(
     http: &reqwest::Client,
     c: &mut Child,
+    via: Option<&[u32]>,
     deadline: Instant,
 ) -> anyhow::Result<()> {
     let url = format!("{}{}", c.base, c.ready_path);
+    let mut ours = false;
     loop {
         if let Some(status) = c.exited() {
             bail!(
@@ -431,10 +640,30 @@ async fn wait_ready(
                 tail(&c.log, 20)
             );
         }
-        if let Ok(r) = http.get(&url).send().await {
-            if r.status().is_success() {
-                eprintln!("ragfleet up: {} ready", c.name);
-                return Ok(());
+        if !ours {
+            if let Some(pid) = health_pid(http, &c.base).await {
+                let expected = match via {
+                    Some(pids) => pids.contains(&pid),
+                    None => c.pid() == Some(pid),
+                };
+                // Our child may have died in the meantime: look again first.
+                if !expected && c.exited().is_none() {
+                    bail!(
+                        "{} is not what answers on {}: process {pid} does (another cluster?); \
+                         stop it or choose other ports",
+                        c.name,
+                        c.base
+                    );
+                }
+                ours = expected;
+            }
+        }
+        if ours {
+            if let Ok(r) = http.get(&url).send().await {
+                if r.status().is_success() {
+                    eprintln!("ragfleet up: {} ready", c.name);
+                    return Ok(());
+                }
             }
         }
         if Instant::now() > deadline {
@@ -449,21 +678,24 @@ async fn wait_ready(
     }
 }
 
-fn print_urls(args: &Args, nodes: &[SocketAddr], data: &Path) {
-    let gw = format!("http://{}", args.listen);
-    println!(
-        "ragfleet up: ready — {} nodes behind the gateway",
-        nodes.len()
-    );
-    println!("  page     {gw}/");
-    println!("  API      {gw}/api/v1   (docs {gw}/api/v1/docs, OpenAI-compatible {gw}/v1)");
+fn print_urls(gw_addr: SocketAddr, nodes: &[SocketAddr], data: &Path) {
+    use std::io::Write;
+    let gw = format!("http://{gw_addr}");
     let metrics: Vec<String> = nodes
         .iter()
         .map(|a| format!("http://{a}/metrics"))
         .collect();
-    println!("  metrics  {}", metrics.join(" "));
-    println!("  logs     {}", data.join("logs").display());
-    println!("Ctrl-C stops everything.");
+    let text = format!(
+        "ragfleet up: ready — {} nodes behind the gateway\n  page     {gw}/\n  \
+         API      {gw}/api/v1   (docs {gw}/api/v1/docs, OpenAI-compatible {gw}/v1)\n  \
+         metrics  {}\n  logs     {}\nCtrl-C stops everything.\n",
+        nodes.len(),
+        metrics.join(" "),
+        data.join("logs").display()
+    );
+    // A closed standard output (`up | head`) must not stop the cluster.
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 async fn supervise(
@@ -565,7 +797,7 @@ mod tests {
         ];
         std::fs::write(
             &p,
-            gateway_toml("127.0.0.1:8080".parse().unwrap(), &nodes, 30, &[]),
+            gateway_toml("127.0.0.1:8080".parse().unwrap(), &nodes, 30, &[], 1 << 20),
         )
         .unwrap();
         let cfg = ragfleet_gateway::config::Config::load(&p).unwrap();
@@ -574,6 +806,7 @@ mod tests {
         assert_eq!(pool.servers[1].addr, "127.0.0.1:9002");
         assert_eq!(pool.health.as_ref().unwrap().path, "/ready");
         assert!(pool.discovery.etcd.is_none());
+        assert_eq!(cfg.listen.max_body_size.0, 1 << 20);
 
         // With etcd: no static list, the nodes' prefix watched instead.
         let etcd = vec![
@@ -582,7 +815,13 @@ mod tests {
         ];
         std::fs::write(
             &p,
-            gateway_toml("127.0.0.1:8080".parse().unwrap(), &nodes, 30, &etcd),
+            gateway_toml(
+                "127.0.0.1:8080".parse().unwrap(),
+                &nodes,
+                30,
+                &etcd,
+                1 << 20,
+            ),
         )
         .unwrap();
         let cfg = ragfleet_gateway::config::Config::load(&p).unwrap();
@@ -591,5 +830,63 @@ mod tests {
         let e = pool.discovery.etcd.as_ref().unwrap();
         assert_eq!(e.endpoints, etcd);
         assert_eq!(e.prefix, "/ragfleet/nodes/");
+    }
+
+    /// The user's keys win (listen, timeouts, an extra pool and route),
+    /// the generated server list and `/` route stay `up`'s.
+    #[test]
+    fn gateway_config_merge_keeps_user_keys_and_the_generated_pool() {
+        let nodes: Vec<SocketAddr> = vec!["127.0.0.1:9001".parse().unwrap()];
+        let generated = gateway_toml("127.0.0.1:8080".parse().unwrap(), &nodes, 30, &[], 1 << 20);
+        let user: toml::Table = r#"
+[listen]
+keepalive_timeout = "5s"
+max_connections_per_ip = 7
+
+[[route]]
+prefix = "/"
+pool = "elsewhere"
+
+[[route]]
+prefix = "/static/"
+pool = "files"
+
+[pool.files]
+servers = [{ addr = "127.0.0.1:9100" }]
+
+[pool.nodes]
+policy = "least_conn"
+servers = [{ addr = "127.0.0.1:1" }]
+
+[pool.nodes.timeouts]
+response_headers = "600s"
+"#
+        .parse()
+        .unwrap();
+        let merged = merge_gateway_config(&generated, &user).unwrap();
+        let cfg = ragfleet_gateway::config::Config::parse(&merged, "merged").unwrap();
+        assert_eq!(cfg.listen.max_connections_per_ip, 7);
+        assert_eq!(cfg.listen.max_body_size.0, 1 << 20);
+        assert_eq!(cfg.listen.addr.port(), 8080);
+        let pool = &cfg.pools["nodes"];
+        assert_eq!(pool.servers.len(), 1);
+        assert_eq!(pool.servers[0].addr, "127.0.0.1:9001");
+        assert_eq!(pool.health.as_ref().unwrap().path, "/ready");
+        assert!(merged.contains("least_conn"), "{merged}");
+        assert!(merged.contains("600s"), "{merged}");
+        assert!(cfg.pools.contains_key("files"));
+        let mut routes: Vec<(String, String)> = cfg
+            .routes
+            .iter()
+            .map(|r| (r.prefix.clone(), r.pool.clone()))
+            .collect();
+        routes.sort();
+        assert_eq!(
+            routes,
+            [
+                ("/".to_string(), "nodes".to_string()),
+                ("/static/".into(), "files".into())
+            ]
+        );
     }
 }

@@ -236,7 +236,7 @@ impl Default for Listen {
             keepalive_timeout: Dur::secs(75),
             send_timeout: Dur::secs(60),
             client_body_timeout: Dur::secs(60),
-            max_body_size: Size(10 << 20),
+            max_body_size: Size(64 << 20),
             max_header_size: Size(32 << 10),
             max_connections_per_ip: 0,
         }

@@ -279,7 +279,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_body_bytes: 16 * 1024 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
             max_top_k: 50,
             max_message_chars: 8000,
             max_concurrent_generations: 2,

@@ -90,6 +90,12 @@ impl ApiError {
             s if s.is_server_error() => "internal",
             _ => "bad_request",
         };
+        // Only the body limit makes axum answer 413: name its key.
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("request body over the node's limit (limits.max_body_bytes): {message}")
+        } else {
+            message
+        };
         Self::new(status, code, message)
     }
 }
@@ -108,7 +114,13 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // A 503 of `/ready` while starting or draining is expected (load
+        // balancers poll it): not a warning.
+        let expected = self.status == StatusCode::SERVICE_UNAVAILABLE
+            && matches!(self.code, "not_ready" | "draining");
+        if expected {
+            tracing::debug!(status = self.status.as_u16(), code = self.code, message = %self.message, "not ready");
+        } else if self.status.is_server_error() {
             tracing::warn!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
         }
         let mut resp = (self.status, axum::Json(self.body())).into_response();

@@ -153,8 +153,27 @@ pub fn router(state: SharedState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().on_failure(on_failure))
         .with_state(state)
+}
+
+/// tower-http logs every 5xx as an ERROR. A 503 is the node saying "not
+/// now" (`/ready` while the engine opens or the node drains, a full queue):
+/// polled for by `ragfleet up` and load balancers, and already logged, as a
+/// warning where unexpected, by [`ApiError`]. Other failures stay ERRORs.
+fn on_failure(
+    class: tower_http::classify::ServerErrorsFailureClass,
+    latency: std::time::Duration,
+    _span: &tracing::Span,
+) {
+    use tower_http::classify::ServerErrorsFailureClass as C;
+    let ms = latency.as_millis();
+    match class {
+        C::StatusCode(s) if s == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+            tracing::debug!(classification = %class, latency_ms = ms, "response failed")
+        }
+        _ => tracing::error!(classification = %class, latency_ms = ms, "response failed"),
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

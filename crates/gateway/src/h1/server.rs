@@ -111,7 +111,7 @@ pub(crate) async fn serve<T>(
     if let Exit::HandOff(prefix) = exit {
         let io = Prefixed {
             prefix,
-            inner: conn.io,
+            inner: Linger(Some(conn.io)),
         };
         let io = crate::conn::watched(io, &state, &shared, slot, true);
         let serve = crate::conn::serve_h1(shared.clone(), io, peer, state.clone(), hsts, stop);
@@ -684,6 +684,98 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Lingering close (nginx's `lingering_close`) for the connections hyper
+/// serves (uploads among them). A connection closed with request bytes
+/// still unread — a 413 answered before the body was read, a body cut off
+/// mid-stream — makes the kernel send a reset, and the client, often still
+/// sending, loses the answer it was about to read ("Broken pipe",
+/// "connection reset"). So when hyper lets the connection go, its write side
+/// is shut (the client sees the end of the answer) and what the client still
+/// sends is read and dropped until it closes, for at most
+/// [`LINGER_TIMEOUT`] between reads and [`LINGER_TIME`] in all. A client
+/// that already closed costs one read.
+struct Linger<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(Option<T>);
+
+/// The longest wait for more bytes of a lingering client (nginx: 5 s).
+const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a closed connection lingers in all (nginx: 30 s).
+const LINGER_TIME: Duration = Duration::from_secs(30);
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Linger<T> {
+    fn drop(&mut self) {
+        let Some(mut io) = self.0.take() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let deadline = Instant::now() + LINGER_TIME;
+            let _ = tokio::time::timeout(LINGER_TIMEOUT, io.shutdown()).await;
+            let mut sink = [0u8; 16 * 1024];
+            while Instant::now() < deadline {
+                match tokio::time::timeout(LINGER_TIMEOUT, io.read(&mut sink)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => break,
+                }
+            }
+        });
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Linger<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut().0.as_mut() {
+            Some(io) => Pin::new(io).poll_read(cx, buf),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection closed")
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Linger<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().0.as_mut() {
+            Some(io) => Pin::new(io).poll_write(cx, buf),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().0.as_mut() {
+            Some(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().0.as_mut() {
+            Some(io) => Pin::new(io).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().0.as_mut() {
+            Some(io) => Pin::new(io).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
 }
 
