@@ -316,7 +316,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
                         }
                     }
                     SniffEvent::BadChunk { too_large } => {
-                        let code = if too_large { FAULT_TOO_LARGE } else { FAULT_FRAMING };
+                        let code = if too_large {
+                            FAULT_TOO_LARGE
+                        } else {
+                            FAULT_FRAMING
+                        };
                         state.bad_framing.store(code, Relaxed);
                         // What follows on this connection cannot be trusted.
                         state.close.store(true, Relaxed);
@@ -514,7 +518,8 @@ pub(crate) fn watched<T>(
     Watched {
         inner,
         state: state.clone(),
-        sniffer: h1.then(|| HeadSniffer::new(shared.edge.max_header_size, shared.edge.max_body_size)),
+        sniffer: h1
+            .then(|| HeadSniffer::new(shared.edge.max_header_size, shared.edge.max_body_size)),
         _slot: slot,
     }
 }

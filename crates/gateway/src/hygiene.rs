@@ -728,7 +728,10 @@ POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n8000000000000005\r\n",
             &mut |e| evs.push(e),
         );
-        assert!(evs.contains(&SniffEvent::BadChunk { too_large: true }), "{evs:?}");
+        assert!(
+            evs.contains(&SniffEvent::BadChunk { too_large: true }),
+            "{evs:?}"
+        );
         assert!(s.is_off());
         let mut s = HeadSniffer::new(8192, 0);
         let mut evs = Vec::new();
@@ -736,7 +739,10 @@ POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\n",
             &mut |e| evs.push(e),
         );
-        assert!(evs.contains(&SniffEvent::BadChunk { too_large: false }), "{evs:?}");
+        assert!(
+            evs.contains(&SniffEvent::BadChunk { too_large: false }),
+            "{evs:?}"
+        );
         assert_eq!(evs.last(), Some(&SniffEvent::Lost));
     }
 }

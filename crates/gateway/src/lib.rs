@@ -273,8 +273,7 @@ impl Gateway {
             header_read_timeout: config.listen.header_read_timeout.0,
             keepalive_timeout: config.listen.keepalive_timeout.0,
             send_timeout: config.listen.send_timeout.0,
-            client_body_timeout: Some(config.listen.client_body_timeout.0)
-                .filter(|d| !d.is_zero()),
+            client_body_timeout: Some(config.listen.client_body_timeout.0).filter(|d| !d.is_zero()),
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let shared = Arc::new(Shared {

@@ -16,8 +16,8 @@ use crate::body::{
     ClientBody, ClientFault, ClientStream, Prefetch, ProxyBody, ReqBody, StreamSlot, UpstreamBody,
     UpstreamInner,
 };
-use crate::conn::ConnInfo;
 use crate::config::{FailKind, HashKey, HostMode};
+use crate::conn::ConnInfo;
 use crate::pool::{InflightGuard, PickCtx, Pool};
 use crate::Shared;
 
@@ -574,9 +574,10 @@ async fn proxy(
                 }
             }
             Err(()) => {
-                let waiting = matches!(&payload, Payload::Streamed(slot) if slot.watch().waiting_on_client());
-                if let Some(fault) = client_fault_of(&payload)
-                    .or(waiting.then_some(ClientFault::Timeout))
+                let waiting =
+                    matches!(&payload, Payload::Streamed(slot) if slot.watch().waiting_on_client());
+                if let Some(fault) =
+                    client_fault_of(&payload).or(waiting.then_some(ClientFault::Timeout))
                 {
                     // The upstream waited for a body the client did not send.
                     drop(guard);
@@ -670,9 +671,15 @@ fn client_fault_of(payload: &Payload) -> Option<ClientFault> {
 /// stable code, no internal error text, and the connection closed (its
 /// framing can no longer be trusted). Counted as a bad request, never
 /// against an upstream.
-fn client_fault(shared: &Shared, fault: ClientFault, conn: Option<&ConnInfo>) -> Response<ProxyBody> {
+fn client_fault(
+    shared: &Shared,
+    fault: ClientFault,
+    conn: Option<&ConnInfo>,
+) -> Response<ProxyBody> {
     let mut res = match fault {
-        ClientFault::TooLarge => return crate::hygiene::too_large(shared, shared.edge.max_body_size),
+        ClientFault::TooLarge => {
+            return crate::hygiene::too_large(shared, shared.edge.max_body_size)
+        }
         ClientFault::BadFraming => json_error(
             StatusCode::BAD_REQUEST,
             "bad_request_body",

@@ -97,7 +97,10 @@ async fn malformed_chunk_sizes_get_400_and_no_server_leaves_rotation() {
                 "chunk size {size:?}: {r}"
             );
             // No internal error text reaches the client.
-            assert!(!r.contains("SendRequest") && !r.contains("user's Body"), "{r}");
+            assert!(
+                !r.contains("SendRequest") && !r.contains("user's Body"),
+                "{r}"
+            );
         }
         all_in_rotation(&gw, &format!("chunk size {size:?}")).await;
     }
