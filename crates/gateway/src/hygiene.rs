@@ -562,10 +562,12 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
         return None;
     }
     let rest = &line[digits..];
-    let rest_ok = rest.iter().position(|&c| c != b' ' && c != b'\t').map_or(
-        true, // only white space after the size (tolerated like hyper)
-        |p| rest[p] == b';',
-    );
+    // Only white space after the size (tolerated like hyper), or BWS and
+    // an extension.
+    let rest_ok = rest
+        .iter()
+        .position(|&c| c != b' ' && c != b'\t')
+        .is_none_or(|p| rest[p] == b';');
     if !rest_ok {
         return None;
     }

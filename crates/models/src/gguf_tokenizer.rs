@@ -40,7 +40,7 @@ const TOKEN_TYPE_BYTE: i32 = 6;
 /// The two tokenizer families.
 enum Kind {
     Bpe(Box<Tokenizer>),
-    Spm(Spm),
+    Spm(Box<Spm>),
 }
 
 /// The tokenizer plus what generation needs beside it.
@@ -139,7 +139,7 @@ impl GgufTokenizer {
             "llama" => {
                 let spm = Spm::new(ct, path, &tokens, &types)?;
                 let bytes = spm.token_bytes(&tokens, &types);
-                (Kind::Spm(spm), bytes)
+                (Kind::Spm(Box::new(spm)), bytes)
             }
             other => {
                 return Err(model_err(

@@ -266,7 +266,7 @@ impl Model {
             || n_kv == 0
             || n_head % n_kv != 0
             || rope_dim > head_dim
-            || rope_dim % 2 != 0
+            || !rope_dim.is_multiple_of(2)
         {
             candle_core::bail!(
                 "inconsistent attention shape: {n_head} heads, {n_kv} kv heads, head {head_dim}, rope {rope_dim}"

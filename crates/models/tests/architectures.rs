@@ -40,6 +40,9 @@ impl Rng {
     }
 }
 
+/// candle's reference forward pass: (input ids, position) -> logits.
+type Forward = Box<dyn FnMut(&Tensor, usize) -> candle_core::Result<Tensor>>;
+
 fn tensor(rng: &mut Rng, dims: &[usize], a: f32, offset: f32) -> QTensor {
     let n = dims.iter().product();
     let v: Vec<f32> = rng.vals(n, a).into_iter().map(|x| x + offset).collect();
@@ -124,7 +127,7 @@ fn candle_logits(arch: &str, bytes: &[u8], prompt: &[u32], steps: &[u32]) -> Vec
     let dev = Device::Cpu;
     let mut c = Cursor::new(bytes);
     let ct = Content::read(&mut c).expect("content");
-    let mut fwd: Box<dyn FnMut(&Tensor, usize) -> candle_core::Result<Tensor>> = match arch {
+    let mut fwd: Forward = match arch {
         "llama" => {
             let mut m = quantized_llama::ModelWeights::from_gguf(ct, &mut c, &dev).expect("llama");
             Box::new(move |x: &Tensor, p: usize| m.forward(x, p))

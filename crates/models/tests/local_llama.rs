@@ -122,6 +122,7 @@ async fn sampled_generation_follows_the_seed() {
         top_p: Some(0.95),
         seed,
         stop: Vec::new(),
+        ..GenParams::default()
     };
     let q = "Write a short poem about the sea.";
     let a = collect(l, request(q, p(7))).await.concat();
