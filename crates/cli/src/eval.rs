@@ -9,12 +9,16 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use ragfleet_models::{BertEmbedder, LocalLlama, LocalLlamaOptions};
 use ragfleet_rag::eval::{
-    dedup_ranked, evaluate_run, read_beir, read_squad, AnswerScores, RetrievalScores,
+    dedup_ranked, evaluate_run, read_beir, read_squad, AnswerScores, BeirQuery, Bm25Baseline,
+    Qrels, RetrievalScores,
 };
 use ragfleet_rag::generate::extractive::ExtractiveGenerator;
 use ragfleet_rag::generate::Generator;
+use ragfleet_rag::retrieve::fuse;
 use ragfleet_rag::types::{NewDocument, RetrievalMode};
-use ragfleet_rag::{ChatEvent, ChatRequest, Engine, EngineConfig, Generators, SearchQuery};
+use ragfleet_rag::{
+    ChatEvent, ChatRequest, Engine, EngineConfig, FusionMethod, Generators, SearchQuery,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -58,6 +62,29 @@ struct Common {
     /// Weight of the vector list in hybrid fusion (default: the engine's).
     #[arg(long)]
     vector_weight: Option<f32>,
+    /// Fusion method: rrf, minmax, zscore, adaptive (default: the engine's).
+    #[arg(long)]
+    fusion: Option<FusionMethod>,
+    /// Lexical BM25 k1 (default: the engine's).
+    #[arg(long)]
+    bm25_k1: Option<f32>,
+    /// Lexical BM25 b (default: the engine's).
+    #[arg(long)]
+    bm25_b: Option<f32>,
+    /// Lexical English stemming, true/false (default: the engine's; a change
+    /// rebuilds a reused lexical index from the store).
+    #[arg(long)]
+    stemming: Option<bool>,
+    /// Lexical English stop-word removal, true/false (default: the engine's).
+    #[arg(long)]
+    stop_words: Option<bool>,
+    /// Lexical weight of a title match (default: the engine's).
+    #[arg(long)]
+    title_boost: Option<f32>,
+    /// Lexical document-level evidence: share of a document's other chunk
+    /// scores added to its best (default: the engine's).
+    #[arg(long)]
+    doc_sum_weight: Option<f32>,
     /// Print the results as one JSON object on stdout instead of a table
     /// (progress and the dataset summary go to stderr).
     #[arg(long)]
@@ -83,6 +110,19 @@ struct RetrievalArgs {
     /// Qrels split (qrels/<split>.tsv).
     #[arg(long, default_value = "test")]
     split: String,
+    /// Drop a hit whose document id equals the query id (MTEB's rule for
+    /// ArguAna, where every query is also a document of the corpus).
+    #[arg(long)]
+    drop_self_hits: bool,
+    /// Leave out the built-in whole-document BM25 baseline row.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Also score a grid of fusion settings (rrf, minmax, zscore, adaptive ×
+    /// vector weights 0.25…3 against lexical weight 1) on the same candidate
+    /// lists, one row each, named `method:weight`: the input of the
+    /// cross-dataset choice of the fusion default.
+    #[arg(long)]
+    fusion_grid: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -189,6 +229,15 @@ async fn open_engine(c: &Common, work: &Path, generators: Generators) -> anyhow:
     if let Some(w) = c.vector_weight {
         cfg.retrieval.vector_weight = w;
     }
+    let r = &mut cfg.retrieval;
+    r.fusion = c.fusion.unwrap_or(r.fusion);
+    let l = &mut r.lexical;
+    l.k1 = c.bm25_k1.unwrap_or(l.k1);
+    l.b = c.bm25_b.unwrap_or(l.b);
+    l.stemming = c.stemming.unwrap_or(l.stemming);
+    l.stop_words = c.stop_words.unwrap_or(l.stop_words);
+    l.title_boost = c.title_boost.unwrap_or(l.title_boost);
+    l.doc_sum_weight = c.doc_sum_weight.unwrap_or(l.doc_sum_weight);
     Engine::open(cfg, Arc::new(embedder), generators)
         .await
         .with_context(|| format!("opening the engine in {}", work.display()))
@@ -274,22 +323,22 @@ async fn retrieval(a: RetrievalArgs) -> anyhow::Result<()> {
         eprintln!("reusing the index in {}", work.path.display());
     }
 
-    let mut rows: Vec<(RetrievalMode, RetrievalScores, f64)> = Vec::new();
+    let mut rows: Vec<(String, RetrievalScores, f64)> = Vec::new();
     for &mode in &a.modes {
         let started = Instant::now();
         let mut run: HashMap<String, Vec<String>> = HashMap::new();
         for (i, q) in queries.iter().enumerate() {
             let mut sq = SearchQuery::new(q.text.clone());
-            // Chunk-level hits; enough of them to rank 100 distinct documents.
-            sq.top_k = 200;
+            // Qrels judge documents: ask for documents (one more for the
+            // query's own id, which --drop-self-hits removes).
+            sq.top_k = 101;
             sq.mode = mode;
-            let hits = engine
-                .search(sq)
+            let found = engine
+                .search_documents(sq, 1)
                 .await
                 .with_context(|| format!("query {}", q.id))?;
-            let mut docs = dedup_ranked(hits.into_iter().map(|h| h.doc_id));
-            docs.truncate(100);
-            run.insert(q.id.clone(), docs);
+            let docs: Vec<String> = found.into_iter().map(|d| d.doc_id).collect();
+            run.insert(q.id.clone(), top_docs(docs, &q.id, a.drop_self_hits));
             if i % 200 == 199 {
                 eprint!("\r{mode:?}: {}/{} queries", i + 1, queries.len());
             }
@@ -297,10 +346,16 @@ async fn retrieval(a: RetrievalArgs) -> anyhow::Result<()> {
         let secs = started.elapsed().as_secs_f64();
         eprintln!("\r{mode:?}: {} queries in {secs:.1}s", queries.len());
         rows.push((
-            mode,
+            format!("{mode:?}").to_lowercase(),
             evaluate_run(&run, &qrels),
             queries.len() as f64 / secs,
         ));
+    }
+    if a.fusion_grid {
+        rows.extend(fusion_grid(&engine, &queries, &qrels, &a).await?);
+    }
+    if !a.no_baseline {
+        rows.push(baseline_row(&ds.corpus, &queries, &qrels, a.drop_self_hits));
     }
     if a.common.json {
         let modes: Vec<serde_json::Value> = rows
@@ -321,6 +376,7 @@ async fn retrieval(a: RetrievalArgs) -> anyhow::Result<()> {
             "dataset": a.data,
             "documents": ds.corpus.len(),
             "queries": queries.len(),
+            "drop_self_hits": a.drop_self_hits,
             "modes": modes,
         });
         println!("{out}");
@@ -330,14 +386,115 @@ async fn retrieval(a: RetrievalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(rows: &[(RetrievalMode, RetrievalScores, f64)]) {
+/// The best 100 distinct documents, without the query's own id when asked.
+fn top_docs(mut docs: Vec<String>, query_id: &str, drop_self: bool) -> Vec<String> {
+    if drop_self {
+        docs.retain(|d| d != query_id);
+    }
+    docs.truncate(100);
+    docs
+}
+
+/// Vector weights of the fusion grid (lexical weight 1).
+const GRID_WEIGHTS: [f32; 8] = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0];
+
+/// Every fusion method × [`GRID_WEIGHTS`] over each query's candidate lists,
+/// fetched once per query.
+async fn fusion_grid(
+    engine: &Engine,
+    queries: &[&BeirQuery],
+    qrels: &Qrels,
+    a: &RetrievalArgs,
+) -> anyhow::Result<Vec<(String, RetrievalScores, f64)>> {
+    let methods = [
+        FusionMethod::Rrf,
+        FusionMethod::MinMax,
+        FusionMethod::ZScore,
+        FusionMethod::Adaptive,
+    ];
+    let names: Vec<(FusionMethod, f32, String)> = methods
+        .iter()
+        .flat_map(|m| {
+            GRID_WEIGHTS.iter().map(move |w| {
+                let name = format!("{m:?}").to_lowercase();
+                (*m, *w, format!("{name}:{w}"))
+            })
+        })
+        .collect();
+    let mut runs: Vec<HashMap<String, Vec<String>>> = vec![HashMap::new(); names.len()];
+    let started = Instant::now();
+    for (i, q) in queries.iter().enumerate() {
+        let l = engine
+            .search_candidates(&SearchQuery::new(q.text.clone()), a.common.candidates)
+            .await
+            .with_context(|| format!("query {}", q.id))?;
+        for ((m, w, _), run) in names.iter().zip(runs.iter_mut()) {
+            let fused = fuse(
+                *m,
+                &[(&l.lexical, 1.0), (&l.vector, *w)],
+                a.common.rrf_k,
+                usize::MAX,
+            );
+            let docs = dedup_ranked(fused.iter().filter_map(|(k, _)| l.doc_ids.get(k).cloned()));
+            run.insert(q.id.clone(), top_docs(docs, &q.id, a.drop_self_hits));
+        }
+        if i % 200 == 199 {
+            eprint!("\rfusion grid: {}/{} queries", i + 1, queries.len());
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("\rfusion grid: {} queries in {secs:.1}s", queries.len());
+    let qps = queries.len() as f64 / secs.max(1e-9);
+    Ok(names
+        .into_iter()
+        .zip(runs)
+        .map(|((_, _, name), run)| (name, evaluate_run(&run, qrels), qps))
+        .collect())
+}
+
+/// The built-in baseline: plain whole-document BM25 (k1 0.9, b 0.4, no
+/// stemming), independent of the engine, over the same corpus and queries.
+fn baseline_row(
+    corpus: &[NewDocument],
+    queries: &[&BeirQuery],
+    qrels: &Qrels,
+    drop_self: bool,
+) -> (String, RetrievalScores, f64) {
+    let bm = Bm25Baseline::baseline(corpus.iter().map(|d| {
+        (
+            d.id.as_deref().unwrap_or_default(),
+            d.title.as_deref().unwrap_or_default(),
+            d.text.as_str(),
+        )
+    }));
+    let started = Instant::now();
+    let run: HashMap<String, Vec<String>> = queries
+        .iter()
+        .map(|q| {
+            let skip = drop_self.then_some(q.id.as_str());
+            let docs = bm.search(&q.text, 100, skip);
+            (
+                q.id.clone(),
+                docs.into_iter().map(|(d, _)| d.to_string()).collect(),
+            )
+        })
+        .collect();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("bm25 baseline: {} queries in {secs:.1}s", queries.len());
+    (
+        "bm25-baseline".to_string(),
+        evaluate_run(&run, qrels),
+        queries.len() as f64 / secs.max(1e-9),
+    )
+}
+
+fn print_table(rows: &[(String, RetrievalScores, f64)]) {
     println!(
-        "\n| mode    | nDCG@10 | Recall@10 | Recall@100 | MRR@10 | queries/s |\n|---------|---------|-----------|------------|--------|-----------|"
+        "\n| mode          | nDCG@10 | Recall@10 | Recall@100 | MRR@10 | queries/s |\n|---------------|---------|-----------|------------|--------|-----------|"
     );
-    for (mode, s, qps) in rows {
-        let name = format!("{mode:?}").to_lowercase();
+    for (name, s, qps) in rows {
         println!(
-            "| {name:<7} | {:.4}  | {:.4}    | {:.4}     | {:.4} | {qps:>9.1} |",
+            "| {name:<13} | {:.4}  | {:.4}    | {:.4}     | {:.4} | {qps:>9.1} |",
             s.ndcg_at_10, s.recall_at_10, s.recall_at_100, s.mrr_at_10
         );
     }

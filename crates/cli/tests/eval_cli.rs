@@ -183,7 +183,11 @@ fn eval_retrieval_table_and_json() {
     );
     let rows = table_rows(&stdout);
     let modes: Vec<&str> = rows.iter().map(|(m, _)| m.as_str()).collect();
-    assert_eq!(modes, ["lexical", "vector", "hybrid"], "{stdout}");
+    assert_eq!(
+        modes,
+        ["lexical", "vector", "hybrid", "bm25-baseline"],
+        "{stdout}"
+    );
     for (mode, nums) in &rows {
         assert_eq!(nums.len(), 5, "{stdout}");
         for &m in &nums[..4] {
@@ -224,7 +228,8 @@ fn eval_retrieval_table_and_json() {
     assert_eq!(v["queries"], 2, "{v}");
     let modes = v["modes"].as_array().unwrap();
     let names: Vec<&str> = modes.iter().filter_map(|m| m["mode"].as_str()).collect();
-    assert_eq!(names, ["lexical", "hybrid"], "{v}");
+    // The built-in whole-document BM25 baseline comes last.
+    assert_eq!(names, ["lexical", "hybrid", "bm25-baseline"], "{v}");
     for m in modes {
         assert_eq!(m["queries"], 2, "{v}");
         for key in ["ndcg_at_10", "recall_at_10", "recall_at_100", "mrr_at_10"] {

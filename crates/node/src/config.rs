@@ -416,6 +416,17 @@ impl NodeConfig {
                 "limits.max_page_size must be >= 1".into(),
             ));
         }
+        self.retrieval
+            .lexical
+            .validate()
+            .map_err(ConfigError::Invalid)?;
+        let rc = &self.retrieval;
+        if rc.candidates == 0 || rc.candidates > 1000 {
+            return Err(ConfigError::Invalid(format!(
+                "retrieval.candidates must be between 1 and 1000, not {}",
+                rc.candidates
+            )));
+        }
         let st = &self.streams;
         if st.buffer_events < 16 {
             return Err(ConfigError::Invalid(

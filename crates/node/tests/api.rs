@@ -579,3 +579,75 @@ async fn draining_node_is_not_ready_and_stops() {
     assert_eq!(h["draining"], true);
     node.stop().await.unwrap();
 }
+
+/// `group: "document"`: `top_k` counts documents, each listed once with its
+/// best chunks (best first, all of that document); bad values → 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_grouped_by_document() {
+    let node = TestNode::start(|_| {}).await;
+    seed(&node).await;
+    // A document long enough for several 200-token chunks, all about bees.
+    let long: String = (0..40)
+        .map(|i| {
+            format!(
+                "Honey bee colony note {i}: foragers perform the waggle dance on the comb, \
+                 workers store nectar as honey, and the queen lays eggs in wax cells. "
+            )
+        })
+        .collect();
+    let (s, b) = node
+        .post_json(
+            "/api/v1/documents",
+            &json!({"id": "bees-long", "title": "Honey bee colonies", "text": long}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert!(b["chunks"].as_u64().unwrap() >= 3, "{b}");
+
+    let (s, res) = node
+        .post_json(
+            "/api/v1/search",
+            &json!({"query": "honey bee waggle dance foragers", "top_k": 2,
+                    "group": "document", "chunks_per_document": 2}),
+        )
+        .await;
+    assert_eq!(s, 200, "{res}");
+    assert_eq!(res["hits"].as_array().unwrap().len(), 0, "{res}");
+    let docs = res["documents"].as_array().unwrap();
+    assert_eq!(docs.len(), 2, "{res}");
+    assert_eq!(docs[0]["doc_id"], "bees-long", "{res}");
+    assert_ne!(docs[0]["doc_id"], docs[1]["doc_id"], "{res}");
+    assert_eq!(docs[0]["title"], "Honey bee colonies");
+    for d in docs {
+        let chunks = d["chunks"].as_array().unwrap();
+        assert!(!chunks.is_empty() && chunks.len() <= 2, "{d}");
+        assert!(chunks.iter().all(|c| c["doc_id"] == d["doc_id"]), "{d}");
+        assert_eq!(d["score"], chunks[0]["score"], "{d}");
+        let scores: Vec<f64> = chunks.iter().map(|c| c["score"].as_f64().unwrap()).collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{d}");
+    }
+    assert_eq!(docs[0]["chunks"].as_array().unwrap().len(), 2, "{res}");
+    let first = docs[0]["score"].as_f64().unwrap();
+    assert!(first >= docs[1]["score"].as_f64().unwrap(), "{res}");
+
+    // The chunk view of the same query repeats the long document.
+    let (s, res) = node
+        .post_json(
+            "/api/v1/search",
+            &json!({"query": "honey bee waggle dance foragers", "top_k": 3, "mode": "lexical"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{res}");
+    assert!(res.get("documents").is_none(), "{res}");
+    let hits = res["hits"].as_array().unwrap();
+    assert!(hits.iter().filter(|h| h["doc_id"] == "bees-long").count() >= 2, "{res}");
+
+    for bad in [
+        json!({"query": "bees", "group": "document", "chunks_per_document": 0}),
+        json!({"query": "bees", "group": "page"}),
+        json!({"query": "bees", "group": "document", "top_k": 100000}),
+    ] {
+        let (s, b) = node.post_json("/api/v1/search", &bad).await;
+        assert_error(s, &b, 422, "invalid_request");
+    }
+}

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::generate::GenParams;
 use crate::ingest::ChunkConfig;
+use crate::retrieve::FusionMethod;
 use crate::types::RetrievalMode;
 
 /// Everything the engine is configured by. Parsed strictly: unknown keys are errors.
@@ -47,7 +48,10 @@ pub struct RetrievalConfig {
     pub mode: RetrievalMode,
     /// Results returned (and sources given to the generator) by default.
     pub top_k: usize,
-    /// Reciprocal rank fusion constant: score = Σ 1 / (rrf_k + rank).
+    /// How hybrid retrieval fuses the two lists: `rrf`, `minmax`, `zscore`
+    /// or `adaptive` (see [`FusionMethod`]).
+    pub fusion: FusionMethod,
+    /// Reciprocal rank fusion constant: score = Σ weight / (rrf_k + rank).
     pub rrf_k: f32,
     /// Candidates taken from each index before fusion.
     pub candidates: usize,
@@ -55,6 +59,75 @@ pub struct RetrievalConfig {
     pub lexical_weight: f32,
     /// Weight of the vector list in hybrid fusion.
     pub vector_weight: f32,
+    /// BM25 scoring and analysis of the lexical index (`[engine.retrieval.lexical]`).
+    pub lexical: LexicalConfig,
+}
+
+/// The lexical index's BM25 parameters, analyzer and document-level evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LexicalConfig {
+    /// BM25 term-frequency saturation.
+    pub k1: f32,
+    /// BM25 length normalisation (0 = none, 1 = full).
+    pub b: f32,
+    /// English (Porter/Snowball) stemming of indexed and query words.
+    /// Changing it rebuilds the lexical index from the store at the next open.
+    pub stemming: bool,
+    /// Drop English stop words (tantivy's list). Changing it rebuilds the
+    /// lexical index from the store at the next open.
+    pub stop_words: bool,
+    /// Weight of a title match relative to a text match (every chunk carries
+    /// its document's title).
+    pub title_boost: f32,
+    /// Document-level evidence: a document scores its best chunk plus this
+    /// share of its other chunks' scores (0 = best chunk only), and its
+    /// chunks are ranked by that document score.
+    pub doc_sum_weight: f32,
+}
+
+impl Default for LexicalConfig {
+    fn default() -> Self {
+        // tantivy's fixed BM25 values and chunk-level ranking: what lexical
+        // search did before these keys existed. Data-chosen defaults await
+        // both development sets' numbers (README, Retrieval quality).
+        Self {
+            k1: 1.2,
+            b: 0.75,
+            stemming: true,
+            stop_words: false,
+            title_boost: 1.5,
+            doc_sum_weight: 0.0,
+        }
+    }
+}
+
+impl LexicalConfig {
+    /// Parameter errors, named by key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.k1.is_finite() && self.k1 >= 0.0) {
+            return Err(format!("retrieval.lexical.k1 must be ≥ 0, not {}", self.k1));
+        }
+        if !(0.0..=1.0).contains(&self.b) {
+            return Err(format!(
+                "retrieval.lexical.b must be in [0, 1], not {}",
+                self.b
+            ));
+        }
+        if !(self.title_boost.is_finite() && self.title_boost >= 0.0) {
+            return Err(format!(
+                "retrieval.lexical.title_boost must be ≥ 0, not {}",
+                self.title_boost
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.doc_sum_weight) {
+            return Err(format!(
+                "retrieval.lexical.doc_sum_weight must be in [0, 1], not {}",
+                self.doc_sum_weight
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for RetrievalConfig {
@@ -62,6 +135,7 @@ impl Default for RetrievalConfig {
         Self {
             mode: RetrievalMode::Hybrid,
             top_k: 5,
+            fusion: FusionMethod::default(),
             rrf_k: 60.0,
             candidates: 50,
             lexical_weight: 1.0,
@@ -69,6 +143,7 @@ impl Default for RetrievalConfig {
             // the reported one (ragfleet eval --phase 0.5): 0.3 → 0.8531,
             // 0.5 → 0.8540, 0.7 → 0.8504, 1.0 → 0.8478 nDCG@10.
             vector_weight: 0.5,
+            lexical: LexicalConfig::default(),
         }
     }
 }

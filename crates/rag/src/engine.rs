@@ -44,7 +44,7 @@ use crate::index::{KeyFilter, VectorIndex};
 use crate::ingest::split;
 use crate::memory::ConversationMemory;
 use crate::prompt::{build_prompt, cited_numbers};
-use crate::retrieve::weighted_rrf;
+use crate::retrieve::{aggregate_by_document, fuse, group_by_document, DocumentHit};
 use crate::store::{now_rfc3339, ChangeListener, DocumentRecord, NewChunk, Store, StoredChunk};
 use crate::types::{Chunk, Document, Hit, NewDocument, RetrievalMode, DEFAULT_COLLECTION};
 use crate::{RagError, Result};
@@ -175,6 +175,24 @@ pub struct Engine {
 }
 
 /// Retrieval output with its timings.
+/// A query's candidate lists before fusion ([`Engine::search_candidates`]).
+#[derive(Debug, Clone, Default)]
+pub struct CandidateLists {
+    /// Lexical chunk keys and scores (document-aggregated), best first.
+    pub lexical: Vec<(u64, f32)>,
+    /// Vector chunk keys and cosine similarities, best first.
+    pub vector: Vec<(u64, f32)>,
+    /// The document of every listed chunk key.
+    pub doc_ids: HashMap<u64, String>,
+}
+
+struct Lists {
+    lexical: Vec<(u64, f32)>,
+    vector: Vec<(u64, f32)>,
+    embed_ms: f64,
+    search_start: Instant,
+}
+
 struct Retrieved {
     hits: Vec<Hit>,
     embed_ms: f64,
@@ -258,7 +276,8 @@ impl Engine {
         let data_dir = cfg.data_dir.clone();
         let lexical = {
             let dir = data_dir.join("lexical");
-            tokio::task::spawn_blocking(move || LexicalIndex::open(&dir))
+            let lcfg = cfg.retrieval.lexical.clone();
+            tokio::task::spawn_blocking(move || LexicalIndex::open_with(&dir, &lcfg))
                 .await
                 .map_err(join_err)??
         };
@@ -876,6 +895,42 @@ impl Engine {
             .hits)
     }
 
+    /// Documents rather than chunks: the best `q.top_k` documents, each with
+    /// at most `per_doc` of its best chunks (best first); a document ranks
+    /// by its best chunk. Each retriever contributes
+    /// `max(retrieval.candidates, top_k × per_doc)` candidates (at most 1000).
+    pub async fn search_documents(
+        &self,
+        q: SearchQuery,
+        per_doc: usize,
+    ) -> Result<Vec<DocumentHit>> {
+        if q.top_k == 0 || q.top_k > MAX_TOP_K {
+            return Err(RagError::InvalidInput(format!(
+                "top_k must be between 1 and {MAX_TOP_K}, not {}",
+                q.top_k
+            )));
+        }
+        let depth = self
+            .inner
+            .cfg
+            .retrieval
+            .candidates
+            .max(q.top_k.saturating_mul(per_doc.max(1)))
+            .min(MAX_TOP_K);
+        let hits = self
+            .retrieve(
+                &q.query,
+                depth,
+                q.mode,
+                q.collection.as_deref(),
+                &q.filter,
+                None,
+            )
+            .await?
+            .hits;
+        Ok(group_by_document(hits, q.top_k, per_doc))
+    }
+
     /// [`Engine::search`] with the query's embedding given (computed
     /// elsewhere, e.g. by a benchmark that leaves the embedding out); it must
     /// come from the engine's embedder model.
@@ -904,26 +959,18 @@ impl Engine {
             .hits)
     }
 
-    async fn retrieve(
+    /// The lexical and vector candidate lists of a query (each best first,
+    /// `candidates` long at most), before fusion.
+    async fn candidate_lists(
         &self,
         query: &str,
-        top_k: usize,
         mode: RetrievalMode,
         collection: Option<&str>,
         filter: &crate::types::Metadata,
         query_vector: Option<Vec<f32>>,
-    ) -> Result<Retrieved> {
-        if query.trim().is_empty() {
-            return Err(RagError::InvalidInput("the query is empty".into()));
-        }
-        if top_k == 0 || top_k > MAX_TOP_K {
-            return Err(RagError::InvalidInput(format!(
-                "top_k must be between 1 and {MAX_TOP_K}, not {top_k}"
-            )));
-        }
+        candidates: usize,
+    ) -> Result<Lists> {
         let inner = &self.inner;
-        let candidates = inner.cfg.retrieval.candidates.max(top_k);
-        let started = Instant::now();
         let mut embed_ms = 0.0;
         let qvec = if mode == RetrievalMode::Lexical {
             None
@@ -953,9 +1000,15 @@ impl Engine {
             )
         };
         let lexical = if mode != RetrievalMode::Vector {
-            inner
+            let chunks = inner
                 .lexical
-                .search(query, candidates, collection, allowed.as_ref())?
+                .search(query, candidates, collection, allowed.as_ref())?;
+            let owners = inner.owners.read();
+            aggregate_by_document(
+                &chunks,
+                |k| owners.by_key.get(&k).map(|o| o.doc_id.clone()),
+                inner.cfg.retrieval.lexical.doc_sum_weight,
+            )
         } else {
             Vec::new()
         };
@@ -974,12 +1027,90 @@ impl Engine {
             }
             None => Vec::new(),
         };
+        Ok(Lists {
+            lexical,
+            vector,
+            embed_ms,
+            search_start,
+        })
+    }
+
+    /// The lexical and vector candidate lists of a query before fusion, with
+    /// each listed chunk's document id: what an evaluator needs to compare
+    /// fusion methods on the same candidates. `candidates` (1..=1000) is the
+    /// depth of each list.
+    pub async fn search_candidates(
+        &self,
+        q: &SearchQuery,
+        candidates: usize,
+    ) -> Result<CandidateLists> {
+        if q.query.trim().is_empty() {
+            return Err(RagError::InvalidInput("the query is empty".into()));
+        }
+        if candidates == 0 || candidates > MAX_TOP_K {
+            return Err(RagError::InvalidInput(format!(
+                "candidates must be between 1 and {MAX_TOP_K}, not {candidates}"
+            )));
+        }
+        let l = self
+            .candidate_lists(
+                &q.query,
+                RetrievalMode::Hybrid,
+                q.collection.as_deref(),
+                &q.filter,
+                None,
+                candidates,
+            )
+            .await?;
+        let owners = self.inner.owners.read();
+        let doc_ids = l
+            .lexical
+            .iter()
+            .chain(&l.vector)
+            .filter_map(|(k, _)| owners.by_key.get(k).map(|o| (*k, o.doc_id.to_string())))
+            .collect();
+        Ok(CandidateLists {
+            lexical: l.lexical,
+            vector: l.vector,
+            doc_ids,
+        })
+    }
+
+    async fn retrieve(
+        &self,
+        query: &str,
+        top_k: usize,
+        mode: RetrievalMode,
+        collection: Option<&str>,
+        filter: &crate::types::Metadata,
+        query_vector: Option<Vec<f32>>,
+    ) -> Result<Retrieved> {
+        if query.trim().is_empty() {
+            return Err(RagError::InvalidInput("the query is empty".into()));
+        }
+        if top_k == 0 || top_k > MAX_TOP_K {
+            return Err(RagError::InvalidInput(format!(
+                "top_k must be between 1 and {MAX_TOP_K}, not {top_k}"
+            )));
+        }
+        let inner = &self.inner;
+        let candidates = inner.cfg.retrieval.candidates.max(top_k);
+        let started = Instant::now();
+        let Lists {
+            lexical,
+            vector,
+            embed_ms,
+            search_start,
+        } = self
+            .candidate_lists(query, mode, collection, filter, query_vector, candidates)
+            .await?;
         let ranked: Vec<(u64, f32)> = match mode {
             RetrievalMode::Lexical => lexical.into_iter().take(top_k).collect(),
             RetrievalMode::Vector => vector.into_iter().take(top_k).collect(),
             RetrievalMode::Hybrid => {
                 let r = &inner.cfg.retrieval;
-                weighted_rrf(
+                fuse(
+                    r.fusion,
                     &[(&lexical, r.lexical_weight), (&vector, r.vector_weight)],
                     r.rrf_k,
                     top_k,

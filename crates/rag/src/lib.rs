@@ -23,6 +23,9 @@ pub mod store;
 pub mod types;
 
 pub use api::*;
-pub use config::{EngineConfig, MemoryConfig, PromptConfig, RetrievalConfig, StoreConfig};
-pub use engine::{Engine, FollowerHandle, Generators};
+pub use config::{
+    EngineConfig, LexicalConfig, MemoryConfig, PromptConfig, RetrievalConfig, StoreConfig,
+};
+pub use engine::{CandidateLists, Engine, FollowerHandle, Generators};
 pub use error::{RagError, Result};
+pub use retrieve::{DocumentHit, FusionMethod};

@@ -20,7 +20,7 @@ use crate::error::{ErrorBody, ErrorDetail};
     ),
     components(schemas(
         ErrorBody, ErrorDetail, DocumentBody, IngestResponse, IngestedDocument, BatchResponse,
-        BatchDocument, LineFailure, SearchBody, SearchResponse, HitSchema, ChatBody, ChatResponse,
+        BatchDocument, LineFailure, SearchBody, SearchResponse, SearchGroup, DocumentHitSchema, HitSchema, ChatBody, ChatResponse,
         CitationSchema, DocumentInfoSchema, DocumentPageSchema, ConversationInfoSchema,
         ConversationPageSchema, ConversationSchema, TurnSchema,
     )),

@@ -51,6 +51,8 @@ pub async fn search_get(
         mode: p.mode,
         collection: p.collection,
         filter: Default::default(),
+        group: None,
+        chunks_per_document: None,
     };
     run(&state, body).await
 }
@@ -69,12 +71,29 @@ async fn run(state: &SharedState, body: SearchBody) -> ApiResult<ApiJson<SearchR
         filter: body.filter,
     };
     let started = Instant::now();
-    let hits = engine.search(q).await?;
+    let (hits, documents) = if body.group == Some(SearchGroup::Document) {
+        let per_doc = body.chunks_per_document.unwrap_or(3);
+        if per_doc == 0 || per_doc > limits.max_top_k {
+            return Err(crate::error::ApiError::invalid(format!(
+                "chunks_per_document must be between 1 and {}",
+                limits.max_top_k
+            )));
+        }
+        let docs = engine.search_documents(q, per_doc).await?;
+        (
+            Vec::new(),
+            Some(docs.into_iter().map(DocumentHitSchema::from).collect()),
+        )
+    } else {
+        let hits = engine.search(q).await?;
+        (hits.into_iter().map(HitSchema::from).collect(), None)
+    };
     let took_ms = started.elapsed().as_secs_f64() * 1000.0;
     metrics::histogram!("ragfleet_node_stage_duration_seconds", "stage" => "search_request")
         .record(took_ms / 1000.0);
     Ok(ApiJson(SearchResponse {
-        hits: hits.into_iter().map(HitSchema::from).collect(),
+        hits,
+        documents,
         took_ms,
     }))
 }

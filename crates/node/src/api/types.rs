@@ -173,12 +173,56 @@ pub struct SearchBody {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub filter: Metadata,
+    /// `chunk` (default): `hits` are chunks. `document`: `documents` are
+    /// the top documents, each with its best chunks, and `top_k` counts
+    /// documents.
+    #[serde(default)]
+    pub group: Option<SearchGroup>,
+    /// With `group: "document"`: chunks returned per document (default 3,
+    /// at most `limits.max_top_k`).
+    #[serde(default)]
+    pub chunks_per_document: Option<usize>,
+}
+
+/// What a search result lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchGroup {
+    Chunk,
+    Document,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SearchResponse {
+    /// Chunk hits (empty with `group: "document"`).
     pub hits: Vec<HitSchema>,
+    /// With `group: "document"`: the top documents, best first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub documents: Option<Vec<DocumentHitSchema>>,
     pub took_ms: f64,
+}
+
+/// A document of a `group: "document"` search.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = DocumentHit)]
+pub struct DocumentHitSchema {
+    pub doc_id: String,
+    pub title: String,
+    /// The document's score: its best chunk's.
+    pub score: f32,
+    /// Its best chunks, best first.
+    pub chunks: Vec<HitSchema>,
+}
+
+impl From<ragfleet_rag::DocumentHit> for DocumentHitSchema {
+    fn from(d: ragfleet_rag::DocumentHit) -> Self {
+        Self {
+            doc_id: d.doc_id,
+            title: d.title,
+            score: d.score,
+            chunks: d.chunks.into_iter().map(HitSchema::from).collect(),
+        }
+    }
 }
 
 /// `POST /api/v1/chat` (and each WebSocket question).

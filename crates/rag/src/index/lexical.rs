@@ -1,5 +1,12 @@
-//! BM25 over chunk title + text (tantivy, `en_stem` tokenizer), persisted in
-//! a directory. The last applied change sequence is the commit payload.
+//! BM25 over chunk title + text (tantivy), persisted in a directory. The last
+//! applied change sequence is the commit payload.
+//!
+//! Scoring is this module's own BM25 term query ([`Bm25TermQuery`]) so that
+//! k1 and b are configurable (tantivy's are fixed at 1.2 / 0.75); postings,
+//! document frequencies and field lengths are tantivy's. The analyzer
+//! (stemming, stop words) is chosen by [`LexicalConfig`]; an index built with
+//! another analyzer is rebuilt (emptied, then refilled from the store's change
+//! log by the engine).
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -7,15 +14,25 @@ use std::path::Path;
 use parking_lot::Mutex;
 use tantivy::collector::TopDocs;
 use tantivy::columnar::Column;
+use tantivy::fieldnorm::FieldNormReader;
+use tantivy::postings::{Postings, SegmentPostings};
 use tantivy::query::{
-    BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, TermQuery, TermSetQuery,
+    Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, EmptyScorer, EnableScoring, Explanation,
+    Occur, Query, Scorer, TermQuery, TermSetQuery, Weight,
 };
 use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STORED, STRING,
+    Field, FieldType, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED,
+    STORED, STRING,
 };
-use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Term};
+use tantivy::tokenizer::{
+    Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
+};
+use tantivy::{
+    doc, DocId, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Score, SegmentReader, Term,
+};
 
 use super::index_err;
+use crate::config::LexicalConfig;
 use crate::Result;
 
 /// One chunk as the lexical index sees it.
@@ -42,15 +59,64 @@ pub struct LexicalIndex {
     reader: IndexReader,
     writer: Mutex<IndexWriter>,
     fields: Fields,
-    parser: QueryParser,
+    analyzer: TextAnalyzer,
+    cfg: LexicalConfig,
     seq: Mutex<u64>,
 }
 
-fn schema() -> (Schema, Fields) {
+/// The analyzer's registered name: it is stored in the schema, so an index
+/// built with another analyzer is recognised at open.
+fn analyzer_name(cfg: &LexicalConfig) -> &'static str {
+    match (cfg.stemming, cfg.stop_words) {
+        // The name tantivy's built-in stemmed analyzer has always had here.
+        (true, false) => "en_stem",
+        (true, true) => "rf_en_stem_stop",
+        (false, false) => "rf_plain",
+        (false, true) => "rf_plain_stop",
+    }
+}
+
+/// Split on non-alphanumerics, drop tokens over 40 bytes, lower-case, then
+/// optionally drop English stop words and stem.
+fn analyzer(cfg: &LexicalConfig) -> TextAnalyzer {
+    let base = TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser);
+    match (cfg.stemming, cfg.stop_words) {
+        (true, false) => base.filter(Stemmer::new(Language::English)).build(),
+        (true, true) => base
+            .filter(
+                StopWordFilter::new(Language::English)
+                    .unwrap_or_else(|| StopWordFilter::remove(Vec::<String>::new())),
+            )
+            .filter(Stemmer::new(Language::English))
+            .build(),
+        (false, false) => base.build(),
+        (false, true) => base
+            .filter(
+                StopWordFilter::new(Language::English)
+                    .unwrap_or_else(|| StopWordFilter::remove(Vec::<String>::new())),
+            )
+            .build(),
+    }
+}
+
+/// The tokenizer name the schema's `text` field was built with.
+fn schema_tokenizer(schema: &Schema) -> Option<String> {
+    let field = schema.get_field("text").ok()?;
+    match schema.get_field_entry(field).field_type() {
+        FieldType::Str(opts) => opts
+            .get_indexing_options()
+            .map(|o| o.tokenizer().to_string()),
+        _ => None,
+    }
+}
+
+fn schema(tokenizer: &str) -> (Schema, Fields) {
     let mut b = Schema::builder();
     let stemmed = TextOptions::default().set_indexing_options(
         TextFieldIndexing::default()
-            .set_tokenizer("en_stem")
+            .set_tokenizer(tokenizer)
             .set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
     let key = b.add_u64_field("key", INDEXED | STORED | FAST);
@@ -71,15 +137,43 @@ fn schema() -> (Schema, Fields) {
 }
 
 impl LexicalIndex {
-    /// Opens the index in `dir`, creating it if empty. Never rebuilds.
+    /// Opens the index in `dir` with the default settings.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, &LexicalConfig::default())
+    }
+
+    /// Opens the index in `dir`, creating it if empty. An index built with
+    /// another analyzer is emptied (its applied sequence becomes 0, so the
+    /// engine refills it from the store's change log).
+    pub fn open_with(dir: &Path, cfg: &LexicalConfig) -> Result<Self> {
+        cfg.validate().map_err(crate::RagError::InvalidInput)?;
         std::fs::create_dir_all(dir)?;
-        let (schema, fields) = schema();
-        let index = if dir.join("meta.json").exists() {
-            Index::open_in_dir(dir).map_err(index_err)?
-        } else {
-            Index::create_in_dir(dir, schema).map_err(index_err)?
+        let name = analyzer_name(cfg);
+        let (schema, fields) = schema(name);
+        let mut index = None;
+        if dir.join("meta.json").exists() {
+            let existing = Index::open_in_dir(dir).map_err(index_err)?;
+            let built_with = schema_tokenizer(&existing.schema());
+            if built_with.as_deref() == Some(name) {
+                index = Some(existing);
+            } else {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    built_with = built_with.as_deref().unwrap_or("?"),
+                    configured = name,
+                    "the lexical index was built with another analyzer: rebuilding it"
+                );
+                drop(existing);
+                std::fs::remove_dir_all(dir)?;
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        let index = match index {
+            Some(i) => i,
+            None => Index::create_in_dir(dir, schema).map_err(index_err)?,
         };
+        let analyzer = analyzer(cfg);
+        index.tokenizers().register(name, analyzer.clone());
         let seq = index
             .load_metas()
             .map_err(index_err)?
@@ -92,14 +186,13 @@ impl LexicalIndex {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
             .map_err(index_err)?;
-        let mut parser = QueryParser::for_index(&index, vec![fields.title, fields.text]);
-        parser.set_field_boost(fields.title, 1.5);
         Ok(Self {
             index,
             reader,
             writer: Mutex::new(writer),
             fields,
-            parser,
+            analyzer,
+            cfg: cfg.clone(),
             seq: Mutex::new(seq),
         })
     }
@@ -165,7 +258,10 @@ impl LexicalIndex {
         if k == 0 || query.trim().is_empty() {
             return Ok(Vec::new());
         }
-        let (text_query, _errors) = self.parser.parse_query_lenient(query);
+        let searcher = self.reader.searcher();
+        let Some(text_query) = self.bm25_query(&searcher, query)? else {
+            return Ok(Vec::new());
+        };
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, text_query)];
         if let Some(c) = collection {
             clauses.push((
@@ -195,7 +291,6 @@ impl LexicalIndex {
             ));
         }
         let q = BooleanQuery::new(clauses);
-        let searcher = self.reader.searcher();
         let top = searcher
             .search(&q, &TopDocs::with_limit(k).order_by_score())
             .map_err(index_err)?;
@@ -220,8 +315,152 @@ impl LexicalIndex {
         Ok(out)
     }
 
+    /// One should-clause per distinct analysed query word and field (title,
+    /// text), weighted by idf × (k1 + 1) × the word's count in the query ×
+    /// the field's boost. `None` when no word survives analysis.
+    fn bm25_query(
+        &self,
+        searcher: &tantivy::Searcher,
+        query: &str,
+    ) -> Result<Option<Box<dyn Query>>> {
+        let mut counts: Vec<(String, u32)> = Vec::new();
+        let mut analyzer = self.analyzer.clone();
+        let mut stream = analyzer.token_stream(query);
+        while let Some(tok) = stream.next() {
+            match counts.iter_mut().find(|(t, _)| *t == tok.text) {
+                Some(e) => e.1 += 1,
+                None => counts.push((tok.text.clone(), 1)),
+            }
+        }
+        let n = searcher.total_num_docs().map_err(index_err)? as f32;
+        if counts.is_empty() || n == 0.0 {
+            return Ok(None);
+        }
+        let cfg = &self.cfg;
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for (field, boost) in [
+            (self.fields.title, cfg.title_boost),
+            (self.fields.text, 1.0),
+        ] {
+            if boost <= 0.0 {
+                continue;
+            }
+            let tokens = searcher.total_num_tokens(field).map_err(index_err)? as f32;
+            let avgdl = (tokens / n).max(f32::MIN_POSITIVE);
+            for (word, qtf) in &counts {
+                let term = Term::from_field_text(field, word);
+                let df = searcher.doc_freq(&term).map_err(index_err)? as f32;
+                if df == 0.0 {
+                    continue;
+                }
+                let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+                clauses.push((
+                    Occur::Should,
+                    Box::new(Bm25TermQuery {
+                        term,
+                        weight: idf * (cfg.k1 + 1.0) * boost * *qtf as f32,
+                        k1: cfg.k1,
+                        b: cfg.b,
+                        avgdl,
+                    }),
+                ));
+            }
+        }
+        if clauses.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(BooleanQuery::new(clauses))))
+    }
+
     /// The underlying tantivy index.
     pub fn index(&self) -> &Index {
         &self.index
+    }
+}
+
+/// One term's BM25 contribution with configurable k1 and b:
+/// `weight · tf / (tf + k1 · (1 − b + b · len / avgdl))`, `weight` carrying
+/// idf × (k1 + 1) × boosts, `len` the field length tantivy stores per doc.
+#[derive(Debug, Clone)]
+struct Bm25TermQuery {
+    term: Term,
+    weight: f32,
+    k1: f32,
+    b: f32,
+    avgdl: f32,
+}
+
+impl Query for Bm25TermQuery {
+    fn weight(&self, _scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        Ok(Box::new(self.clone()))
+    }
+
+    fn query_terms<'a>(&'a self, visitor: &mut dyn FnMut(&'a Term, bool)) {
+        visitor(&self.term, false);
+    }
+}
+
+impl Weight for Bm25TermQuery {
+    fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        let field = self.term.field();
+        let postings = reader
+            .inverted_index(field)?
+            .read_postings(&self.term, IndexRecordOption::WithFreqs)?;
+        let Some(postings) = postings else {
+            return Ok(Box::new(EmptyScorer));
+        };
+        let norms = reader.get_fieldnorms_reader(field)?;
+        let mut cache = [0f32; 256];
+        for (id, c) in cache.iter_mut().enumerate() {
+            let len = FieldNormReader::id_to_fieldnorm(id as u8) as f32;
+            *c = self.k1 * (1.0 - self.b + self.b * len / self.avgdl);
+        }
+        Ok(Box::new(Bm25TermScorer {
+            postings,
+            norms,
+            cache,
+            weight: self.weight * boost,
+        }))
+    }
+
+    fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
+        let mut s = self.scorer(reader, 1.0)?;
+        if s.doc() > doc || s.seek(doc) != doc {
+            return Err(tantivy::TantivyError::InvalidArgument(format!(
+                "document {doc} does not match"
+            )));
+        }
+        Ok(Explanation::new("bm25 (configured k1, b)", s.score()))
+    }
+}
+
+struct Bm25TermScorer {
+    postings: SegmentPostings,
+    norms: FieldNormReader,
+    cache: [f32; 256],
+    weight: f32,
+}
+
+impl DocSet for Bm25TermScorer {
+    fn advance(&mut self) -> DocId {
+        self.postings.advance()
+    }
+    fn seek(&mut self, target: DocId) -> DocId {
+        self.postings.seek(target)
+    }
+    fn doc(&self) -> DocId {
+        self.postings.doc()
+    }
+    fn size_hint(&self) -> u32 {
+        self.postings.size_hint()
+    }
+}
+
+impl Scorer for Bm25TermScorer {
+    fn score(&mut self) -> Score {
+        let doc = self.postings.doc();
+        let tf = self.postings.term_freq() as f32;
+        let norm = self.cache[self.norms.fieldnorm_id(doc) as usize];
+        self.weight * tf / (tf + norm)
     }
 }
