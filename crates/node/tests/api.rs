@@ -623,7 +623,10 @@ async fn search_grouped_by_document() {
         assert!(!chunks.is_empty() && chunks.len() <= 2, "{d}");
         assert!(chunks.iter().all(|c| c["doc_id"] == d["doc_id"]), "{d}");
         assert_eq!(d["score"], chunks[0]["score"], "{d}");
-        let scores: Vec<f64> = chunks.iter().map(|c| c["score"].as_f64().unwrap()).collect();
+        let scores: Vec<f64> = chunks
+            .iter()
+            .map(|c| c["score"].as_f64().unwrap())
+            .collect();
         assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{d}");
     }
     assert_eq!(docs[0]["chunks"].as_array().unwrap().len(), 2, "{res}");
@@ -640,7 +643,10 @@ async fn search_grouped_by_document() {
     assert_eq!(s, 200, "{res}");
     assert!(res.get("documents").is_none(), "{res}");
     let hits = res["hits"].as_array().unwrap();
-    assert!(hits.iter().filter(|h| h["doc_id"] == "bees-long").count() >= 2, "{res}");
+    assert!(
+        hits.iter().filter(|h| h["doc_id"] == "bees-long").count() >= 2,
+        "{res}"
+    );
 
     for bad in [
         json!({"query": "bees", "group": "document", "chunks_per_document": 0}),
