@@ -75,6 +75,10 @@ pub struct Args {
     /// Seconds to wait for the cluster to become ready.
     #[arg(long, default_value_t = 300)]
     pub ready_timeout: u64,
+    /// Run the nodes without authentication (every request is the
+    /// `anonymous` admin). For experiments only.
+    #[arg(long)]
+    pub no_auth: bool,
 }
 
 /// One child process and how to start it again.
@@ -270,6 +274,28 @@ async fn up(args: Args) -> anyhow::Result<()> {
         }
     };
 
+    if args.no_auth {
+        eprintln!("ragfleet up: WARNING: --no-auth: the cluster is OPEN; anyone who reaches it is an admin");
+    } else {
+        // The admin key, once, before any node starts; the nodes find the
+        // admin in the shared store and create none.
+        let cfg = ragfleet_rag::StoreConfig {
+            url: Some(store_url.clone()),
+            ..Default::default()
+        };
+        let store = ragfleet_rag::store::open(&cfg, data)
+            .await
+            .with_context(|| {
+                format!(
+                    "opening the store {}",
+                    ragfleet_rag::store::redact_url(&store_url)
+                )
+            })?;
+        ragfleet_node::auth::bootstrap(store.as_ref(), data)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+
     let mut node_addrs = Vec::new();
     for i in 0..args.nodes {
         let port = match args.node_port {
@@ -322,6 +348,9 @@ async fn up(args: Args) -> anyhow::Result<()> {
         }
         if !args.etcd.is_empty() {
             push("--etcd", args.etcd.join(",").into());
+        }
+        if args.no_auth {
+            a.push("--no-auth".into());
         }
         children.push(Child {
             log: data.join("logs").join(format!("{name}.log")),
@@ -453,6 +482,12 @@ fn print_urls(args: &Args, nodes: &[SocketAddr], data: &Path) {
         .collect();
     println!("  metrics  {}", metrics.join(" "));
     println!("  logs     {}", data.join("logs").display());
+    if !args.no_auth {
+        println!(
+            "  admin key {} (ragfleet ask/ingest/admin read it from there)",
+            data.join("admin.key").display()
+        );
+    }
     println!("Ctrl-C stops everything.");
 }
 

@@ -23,7 +23,8 @@ async fn chat_page_in_headless_chromium() {
         "no chromium at {chromium} (apt-get install chromium; scripts/setup.sh does)"
     );
 
-    let node = TestNode::start(|_| {}).await;
+    // The page's own login is tested in auth_web; this one is about chat.
+    let node = TestNode::start(|c| c.auth.enabled = false).await;
     // Something else in the index, so retrieval has to pick the right document.
     seed(&node).await;
     let tmp = tempfile::tempdir().unwrap();
