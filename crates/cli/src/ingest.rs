@@ -48,14 +48,31 @@ pub struct FileOutcome {
     pub created: usize,
     pub replaced: usize,
     pub unchanged: usize,
+    /// The ids of the documents stored, in order.
+    pub ids: Vec<String>,
     /// Per-document or per-line failures inside a file that otherwise loaded.
     pub partial_failures: Vec<String>,
+}
+
+impl FileOutcome {
+    fn count(&mut self, id: String, chunks: usize, status: &str) {
+        self.documents += 1;
+        self.chunks += chunks;
+        match status {
+            "created" => self.created += 1,
+            "replaced" => self.replaced += 1,
+            _ => self.unchanged += 1,
+        }
+        self.ids.push(id);
+    }
 }
 
 #[derive(Debug, Default)]
 struct Summary {
     files: usize,
     outcome: FileOutcome,
+    /// Distinct document ids stored: the documents count.
+    ids: std::collections::HashSet<String>,
     failures: Vec<(PathBuf, String)>,
 }
 
@@ -69,6 +86,7 @@ impl Summary {
                 self.outcome.created += o.created;
                 self.outcome.replaced += o.replaced;
                 self.outcome.unchanged += o.unchanged;
+                self.ids.extend(o.ids);
                 for f in o.partial_failures {
                     self.failures.push((path.to_path_buf(), f));
                 }
@@ -83,14 +101,22 @@ impl Summary {
         elapsed: std::time::Duration,
     ) -> std::io::Result<()> {
         let o = &self.outcome;
+        // Documents are counted once each: a document written twice in one
+        // run (two JSON lines with one id) is one stored document.
+        let again = o.documents.saturating_sub(self.ids.len());
         writeln!(
             out,
-            "{} files: {} documents ({} new, {} replaced, {} unchanged), {} chunks in {:.1}s",
+            "{} files: {} documents ({} new, {} replaced, {} unchanged{}), {} chunks in {:.1}s",
             self.files,
-            o.documents,
+            self.ids.len(),
             o.created,
             o.replaced,
             o.unchanged,
+            if again > 0 {
+                format!("; {again} wrote a document again that this run had written")
+            } else {
+                String::new()
+            },
             o.chunks,
             elapsed.as_secs_f64()
         )?;
@@ -120,7 +146,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn ingest(args: Args) -> anyhow::Result<()> {
-    let files = collect_files(&args.paths)?;
+    let files = sourced_files(&args.paths)?;
     if files.is_empty() {
         bail!("no files found under the given paths");
     }
@@ -154,6 +180,53 @@ async fn ingest(args: Args) -> anyhow::Result<()> {
         bail!("{} failures", summary.failures.len());
     }
     Ok(())
+}
+
+/// A file to ingest and its source: its path relative to the directory
+/// given on the command line (`/` separators), or its name for a file given
+/// itself. The source is the document's identity within its collection, so
+/// it does not depend on where the command runs from.
+pub type SourcedFile = (PathBuf, String);
+
+/// [`collect_files`] with each file's source. Two files with one source
+/// (`a/index.html` and `b/index.html` given as `a b`) would replace each
+/// other: that is refused, naming them.
+pub fn sourced_files(paths: &[PathBuf]) -> anyhow::Result<Vec<SourcedFile>> {
+    let mut out: Vec<SourcedFile> = Vec::new();
+    let mut seen: std::collections::HashMap<String, PathBuf> = Default::default();
+    for root in paths {
+        let is_dir = std::fs::metadata(root)
+            .with_context(|| format!("{}", root.display()))?
+            .is_dir();
+        for file in collect_files(std::slice::from_ref(root))? {
+            let rel = if is_dir {
+                file.strip_prefix(root).unwrap_or(&file).to_path_buf()
+            } else {
+                file.file_name()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| file.clone())
+            };
+            let source = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            if let Some(first) = seen.insert(source.clone(), file.clone()) {
+                if first != file {
+                    bail!(
+                        "{} and {} would both be the document {source:?} (a document's source is \
+                         its path below the directory given, so one would replace the other): \
+                         ingest them into different collections, or give their common parent directory",
+                        first.display(),
+                        file.display()
+                    );
+                }
+                continue;
+            }
+            out.push((file, source));
+        }
+    }
+    Ok(out)
 }
 
 /// Every regular file under the paths, sorted, hidden entries and
@@ -197,7 +270,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 async fn ingest_remote(
     args: &Args,
     url: &str,
-    files: &[PathBuf],
+    files: &[SourcedFile],
     bar: &ProgressBar,
 ) -> anyhow::Result<Summary> {
     let base = url.trim_end_matches('/').to_string();
@@ -212,12 +285,12 @@ async fn ingest_remote(
         })?;
     let mut summary = Summary::default();
     let mut results = futures::stream::iter(files.iter().cloned())
-        .map(|path| {
+        .map(|(path, source)| {
             let client = client.clone();
             let base = base.clone();
             let collection = args.collection.clone();
             async move {
-                let r = upload_one(&client, &base, &path, collection.as_deref()).await;
+                let r = upload_one(&client, &base, &path, &source, collection.as_deref()).await;
                 (path, r)
             }
         })
@@ -237,6 +310,7 @@ async fn upload_one(
     client: &reqwest::Client,
     base: &str,
     path: &Path,
+    source: &str,
     collection: Option<&str>,
 ) -> anyhow::Result<FileOutcome> {
     let is_jsonl = path
@@ -249,7 +323,8 @@ async fn upload_one(
         let mut req = client
             .post(format!("{base}/api/v1/documents/batch"))
             .header("content-type", "application/x-ndjson")
-            .body(body);
+            .body(body)
+            .query(&[("source", source)]);
         if let Some(c) = collection {
             req = req.query(&[("collection", c)]);
         }
@@ -261,7 +336,7 @@ async fn upload_one(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "upload".into());
         let mut form = reqwest::multipart::Form::new()
-            .text("source", path.display().to_string())
+            .text("source", source.to_string())
             .part(
                 "file",
                 reqwest::multipart::Part::bytes(bytes).file_name(name),
@@ -284,13 +359,11 @@ async fn upload_one(
     let mut o = FileOutcome::default();
     let empty = Vec::new();
     for d in v["documents"].as_array().unwrap_or(&empty) {
-        o.documents += 1;
-        o.chunks += d["chunks"].as_u64().unwrap_or(0) as usize;
-        match d["status"].as_str() {
-            Some("created") => o.created += 1,
-            Some("replaced") => o.replaced += 1,
-            _ => o.unchanged += 1,
-        }
+        o.count(
+            d["doc_id"].as_str().unwrap_or_default().to_string(),
+            d["chunks"].as_u64().unwrap_or(0) as usize,
+            d["status"].as_str().unwrap_or_default(),
+        );
     }
     for f in v["failures"].as_array().unwrap_or(&empty) {
         o.partial_failures.push(format!(
@@ -399,7 +472,7 @@ mod direct {
     pub(super) async fn ingest_direct(
         args: &Args,
         data: &Path,
-        files: &[PathBuf],
+        files: &[SourcedFile],
         bar: &ProgressBar,
     ) -> anyhow::Result<Summary> {
         let cfg = config(args, data)?;
@@ -414,8 +487,12 @@ mod direct {
             ..Default::default()
         };
         let mut summary = Summary::default();
-        for path in files {
+        for (path, source) in files {
             bar.set_message(path.display().to_string());
+            let opts = LoadOptions {
+                source: Some(source.clone()),
+                ..opts.clone()
+            };
             let res = ingest_file(&engine, path, &opts).await;
             if let Err(e) = &res {
                 bar.println(format!("failed: {}: {e:#}", path.display()));
@@ -443,18 +520,12 @@ mod direct {
         let loaded = tokio::task::spawn_blocking(move || ragfleet_rag::ingest::load_path(&p, &o))
             .await
             .context("the loader task failed")?;
-        let source = path.display().to_string();
         let mut out = FileOutcome::default();
         let mut docs = Vec::new();
         let mut errors = Vec::new();
         for r in loaded {
             match r {
-                Ok(mut d) => {
-                    if d.source.is_none() {
-                        d.source = Some(source.clone());
-                    }
-                    docs.push(d);
-                }
+                Ok(d) => docs.push(d),
                 Err(e) => errors.push(e.to_string()),
             }
         }
@@ -472,13 +543,12 @@ mod direct {
             for r in engine.ingest_batch(group).await {
                 match r {
                     Ok(o) => {
-                        out.documents += 1;
-                        out.chunks += o.chunks;
-                        match o.status {
-                            IngestStatus::Created => out.created += 1,
-                            IngestStatus::Replaced => out.replaced += 1,
-                            IngestStatus::Unchanged => out.unchanged += 1,
-                        }
+                        let status = match o.status {
+                            IngestStatus::Created => "created",
+                            IngestStatus::Replaced => "replaced",
+                            IngestStatus::Unchanged => "unchanged",
+                        };
+                        out.count(o.doc_id, o.chunks, status);
                     }
                     Err(e) => out.partial_failures.push(e.to_string()),
                 }

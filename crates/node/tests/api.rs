@@ -483,15 +483,17 @@ async fn openai_compatible_endpoint_raw() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert!(
-        ids.contains(&"ragfleet") && ids.contains(&"default"),
+    // Models: the generators, every collection, and each collection.
+    assert_eq!(
+        ids,
+        ["extractive", "ragfleet", "ragfleet/default"],
         "{models}"
     );
 
     let (s, r) = node
         .post_json(
             "/v1/chat/completions",
-            &json!({"model": "default", "messages": [
+            &json!({"model": "ragfleet/default", "messages": [
                 {"role": "system", "content": "be brief"},
                 {"role": "user", "content": "Which museum is the most visited?"}],
                 "presence_penalty": 0}),
@@ -499,6 +501,8 @@ async fn openai_compatible_endpoint_raw() {
         .await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["object"], "chat.completion");
+    assert_eq!(r["model"], "extractive", "the generator that answered: {r}");
+    assert_eq!(r["ragfleet"]["collection"], "default", "{r}");
     assert!(
         r["choices"][0]["message"]["content"]
             .as_str()
@@ -529,6 +533,191 @@ async fn openai_compatible_endpoint_raw() {
     assert!(events
         .iter()
         .any(|(_, d)| d["usage"]["completion_tokens"].as_u64().is_some()));
+    assert!(
+        events
+            .iter()
+            .filter(|(_, d)| d.get("model").is_some())
+            .all(|(_, d)| d["model"] == "extractive"),
+        "{events:?}"
+    );
+
+    // A collection is a model: its answers come from it alone.
+    let form = reqwest::multipart::Form::new()
+        .text("collection", "notes")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(
+                b"The museum of the city holds a famous tea set from 1750.".to_vec(),
+            )
+            .file_name("tea.txt"),
+        );
+    let r = node
+        .client
+        .post(node.url("/api/v1/documents"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (_, models) = node.get("/v1/models").await;
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "ragfleet/notes"),
+        "{models}"
+    );
+    let (s, r) = node
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"model": "ragfleet/notes", "messages": [
+                {"role": "user", "content": "Which museum is the most visited?"}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let cited: Vec<&str> = r["ragfleet"]["citations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["doc_id"].as_str().unwrap())
+        .collect();
+    assert!(!cited.is_empty() && !cited.contains(&"paris"), "{r}");
+    // A generator model searches every collection.
+    let (s, r) = node
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"model": "extractive", "messages": [
+                {"role": "user", "content": "Which museum is the most visited?"}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert!(r["ragfleet"]["collection"].is_null(), "{r}");
+    assert!(r["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("Louvre"));
+
+    // Anything else is OpenAI's 404 model_not_found — a generator this node
+    // has not loaded, another vendor's model, a collection that is not there,
+    // and a bare collection name.
+    for model in ["local", "gpt-4o-mini", "ragfleet/nope", "default"] {
+        let (s, r) = node
+            .post_json(
+                "/v1/chat/completions",
+                &json!({"model": model, "stream": true, "messages": [
+                    {"role": "user", "content": "Which museum is the most visited?"}]}),
+            )
+            .await;
+        assert_eq!(s, 404, "{model}: {r}");
+        let e = &r["error"];
+        assert_eq!(e["code"], "model_not_found", "{r}");
+        assert_eq!(e["type"], "invalid_request_error", "{r}");
+        assert_eq!(e["param"], "model", "{r}");
+        assert!(e["message"].as_str().unwrap().contains(model), "{r}");
+    }
+    node.stop().await.unwrap();
+}
+
+/// A document is its source within its collection, through the real node
+/// over HTTP: one file uploaded to team-a, then to team-b, stays in both;
+/// identical files under two names are two documents; uploading everything
+/// again reports every document unchanged; the counts are what is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_identified_by_their_source_within_their_collection() {
+    let node = TestNode::start(|_| {}).await;
+    let text = b"Cargo is the Rust package manager. It downloads your dependencies, \
+                 compiles your packages and uploads them to crates.io.";
+    let upload = |collection: &'static str, name: &'static str, source: Option<&'static str>| {
+        let node = &node;
+        async move {
+            let mut form = reqwest::multipart::Form::new()
+                .text("collection", collection)
+                .part(
+                    "file",
+                    reqwest::multipart::Part::bytes(text.to_vec()).file_name(name),
+                );
+            if let Some(s) = source {
+                form = form.text("source", s);
+            }
+            let r = node
+                .client
+                .post(node.url("/api/v1/documents"))
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            let v: Value = r.json().await.unwrap();
+            (
+                v["doc_id"].as_str().unwrap().to_string(),
+                v["documents"][0]["status"].as_str().unwrap().to_string(),
+            )
+        }
+    };
+    let (a, sa) = upload("team-a", "cargo.txt", None).await;
+    let (b, sb) = upload("team-b", "cargo.txt", None).await;
+    assert_eq!((sa.as_str(), sb.as_str()), ("created", "created"));
+    assert_ne!(a, b);
+    for (c, id) in [("team-a", &a), ("team-b", &b)] {
+        let (_, page) = node.get(&format!("/api/v1/documents?collection={c}")).await;
+        assert_eq!(page["total"], 1, "{c} keeps its document: {page}");
+        assert_eq!(page["items"][0]["id"], id.as_str());
+        assert_eq!(page["items"][0]["source"], "cargo.txt");
+    }
+    // Identical files at two sources (the client's relative paths).
+    let (readme, s1) = upload("book", "README.txt", Some("book/README.txt")).await;
+    let (summary, s2) = upload("book", "SUMMARY.txt", Some("book/SUMMARY.txt")).await;
+    assert_eq!((s1.as_str(), s2.as_str()), ("created", "created"));
+    assert_ne!(readme, summary);
+    let (_, d) = node.get(&format!("/api/v1/documents/{summary}")).await;
+    assert_eq!(d["source"], "book/SUMMARY.txt");
+    let (_, page) = node.get("/api/v1/documents").await;
+    assert_eq!(page["total"], 4, "{page}");
+    // Again: all unchanged, same ids, nothing new.
+    for (c, n, src, id) in [
+        ("team-a", "cargo.txt", None, &a),
+        ("team-b", "cargo.txt", None, &b),
+        ("book", "README.txt", Some("book/README.txt"), &readme),
+        ("book", "SUMMARY.txt", Some("book/SUMMARY.txt"), &summary),
+    ] {
+        let (got, status) = upload(c, n, src).await;
+        assert_eq!((&got, status.as_str()), (id, "unchanged"));
+    }
+    let (_, page) = node.get("/api/v1/documents").await;
+    assert_eq!(page["total"], 4, "{page}");
+    // JSON Lines through the batch endpoint: lines without an id are their
+    // place in the file; with the same file sent again, all unchanged.
+    let body = concat!(
+        "{\"text\": \"Line one about lighthouses.\"}\n",
+        "{\"text\": \"Line one about lighthouses.\"}\n",
+        "{\"id\": \"given\", \"text\": \"A line with its own id.\"}\n",
+    );
+    for want in ["created", "unchanged"] {
+        let (s, r) = node
+            .post_raw(
+                "/api/v1/documents/batch?collection=lines&source=notes.jsonl",
+                "application/x-ndjson",
+                body,
+            )
+            .await;
+        assert_eq!(s, 200, "{r}");
+        let docs = r["documents"].as_array().unwrap();
+        assert_eq!(docs.len(), 3, "{r}");
+        assert!(docs.iter().all(|d| d["status"] == want), "{r}");
+    }
+    let (_, page) = node.get("/api/v1/documents?collection=lines").await;
+    assert_eq!(page["total"], 3, "{page}");
+    let sources: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["source"].as_str().unwrap())
+        .collect();
+    assert!(
+        sources.contains(&"notes.jsonl#1") && sources.contains(&"notes.jsonl#2"),
+        "{sources:?}"
+    );
     node.stop().await.unwrap();
 }
 

@@ -30,11 +30,23 @@ async fn openai_python_client_stream_and_non_stream() {
         .iter()
         .map(|m| m.as_str().unwrap())
         .collect();
-    assert!(
-        models.contains(&"default") && models.contains(&"ragfleet"),
-        "{v}"
+    assert_eq!(
+        models,
+        ["extractive", "ragfleet", "ragfleet/default"],
+        "generators and collections: {v}"
     );
     assert!(v["answer"].as_str().unwrap().contains("Louvre"), "{v}");
+    assert_eq!(v["model"], "extractive", "the generator that answered: {v}");
+    assert_eq!(v["stream_models"], json!(["extractive"]), "{v}");
+    let unknown = &v["unknown_model"];
+    assert_eq!(unknown["status"], 404, "{v}");
+    assert_eq!(unknown["code"], "model_not_found", "{v}");
+    assert_eq!(unknown["type"], "invalid_request_error", "{v}");
+    assert_eq!(unknown["param"], "model", "{v}");
+    assert!(
+        unknown["message"].as_str().unwrap().contains("gpt-4o-mini"),
+        "{v}"
+    );
     assert_eq!(v["finish_reason"], "stop");
     assert!(v["completion_tokens"].as_u64().unwrap() > 0);
     assert!(

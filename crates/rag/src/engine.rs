@@ -313,6 +313,16 @@ impl Engine {
         self.inner.generators.by_name.keys().cloned().collect()
     }
 
+    /// The generator used when a request names none.
+    pub fn default_generator(&self) -> &str {
+        &self.inner.generators.default
+    }
+
+    /// The collections holding at least one document, sorted.
+    pub async fn collections(&self) -> Result<Vec<String>> {
+        self.inner.store.collections().await
+    }
+
     /// SHA-256 of the configuration (recorded in run snapshots).
     pub fn config_hash(&self) -> &str {
         &self.inner.config_hash
@@ -755,7 +765,10 @@ impl Engine {
         let id = match nd.id {
             Some(id) if !id.trim().is_empty() => id,
             Some(_) => return Err(RagError::InvalidInput("document id is empty".into())),
-            None => format!("doc-{}", &sha256_hex(&[nd.text.as_bytes()])[..16]),
+            None => {
+                self.derived_id(&collection, nd.source.as_deref(), &nd.text)
+                    .await?
+            }
         };
         if let Some(existing) = self.inner.store.get_document(&id).await? {
             if existing.content_hash == content_hash {
@@ -795,6 +808,31 @@ impl Engine {
             }),
             chunks,
         ))
+    }
+
+    /// The id of a document the caller gave none: [`crate::ingest::document_id`].
+    /// A document without a source that an older version stored (under
+    /// `doc-` + a hash of its text alone) in the same collection keeps that
+    /// id, so posting it again finds it.
+    async fn derived_id(
+        &self,
+        collection: &str,
+        source: Option<&str>,
+        text: &str,
+    ) -> Result<String> {
+        let id = crate::ingest::document_id(collection, source, text);
+        if source.is_some_and(|s| !s.is_empty()) {
+            return Ok(id);
+        }
+        let legacy = crate::store::legacy_document_id(text);
+        if self.inner.store.get_document(&id).await?.is_none() {
+            if let Some(old) = self.inner.store.get_document(&legacy).await? {
+                if old.collection == collection && old.source.is_none() {
+                    return Ok(legacy);
+                }
+            }
+        }
+        Ok(id)
     }
 
     /// Embeds on blocking threads, `EMBED_BATCH` texts per call.

@@ -259,3 +259,130 @@ async fn indexes_reopen_after_restart_with_the_same_results() {
         assert_eq!(ids(&got), ids(b), "{sq:?}");
     }
 }
+
+fn sourced(collection: &str, source: &str, text: &str) -> NewDocument {
+    NewDocument {
+        title: Some(source.into()),
+        text: text.into(),
+        collection: Some(collection.into()),
+        source: Some(source.into()),
+        ..Default::default()
+    }
+}
+
+/// A document is its source within its collection: the id is
+/// `hex(sha256(collection + "\0" + source))`; the same text in two
+/// collections, or at two sources, is two documents; an edited source
+/// replaces itself; re-ingesting reports unchanged; the content hash never
+/// makes an identity.
+#[tokio::test]
+async fn identity_is_the_source_within_the_collection() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(config(dir.path())).await;
+    let text = "Cargo is the Rust package manager. It downloads dependencies and builds packages.";
+    let a = engine
+        .ingest(sourced("team-a", "cargo.docx", text))
+        .await
+        .unwrap();
+    let b = engine
+        .ingest(sourced("team-b", "cargo.docx", text))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status, b.status),
+        (IngestStatus::Created, IngestStatus::Created)
+    );
+    assert_ne!(a.doc_id, b.doc_id);
+    let want = hex::encode(Sha256::digest(b"team-a\0cargo.docx"));
+    assert_eq!(a.doc_id, want);
+    for c in ["team-a", "team-b"] {
+        let page = engine.list_documents(Some(c), 0, 10).await.unwrap();
+        assert_eq!(page.total, 1, "{c} keeps its document");
+        assert_eq!(page.items[0].source.as_deref(), Some("cargo.docx"));
+    }
+    // Identical files at two sources: two documents.
+    let readme = engine
+        .ingest(sourced("book", "README.html", text))
+        .await
+        .unwrap();
+    let summary = engine
+        .ingest(sourced("book", "SUMMARY.html", text))
+        .await
+        .unwrap();
+    assert_eq!(summary.status, IngestStatus::Created);
+    assert_ne!(readme.doc_id, summary.doc_id);
+    assert_eq!(engine.list_documents(None, 0, 10).await.unwrap().total, 4);
+    // Unchanged again: all unchanged, nothing new.
+    for d in [
+        sourced("team-a", "cargo.docx", text),
+        sourced("team-b", "cargo.docx", text),
+        sourced("book", "README.html", text),
+        sourced("book", "SUMMARY.html", text),
+    ] {
+        assert_eq!(
+            engine.ingest(d).await.unwrap().status,
+            IngestStatus::Unchanged
+        );
+    }
+    // An edited source replaces itself, and only itself.
+    let edited = engine
+        .ingest(sourced(
+            "book",
+            "README.html",
+            "Cargo also runs tests with cargo test.",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(edited.status, IngestStatus::Replaced);
+    assert_eq!(edited.doc_id, readme.doc_id);
+    assert_eq!(engine.list_documents(None, 0, 10).await.unwrap().total, 4);
+    let hits = engine
+        .search(q("cargo test", RetrievalMode::Lexical, 10))
+        .await
+        .unwrap();
+    assert!(hits.iter().any(|h| h.doc_id == readme.doc_id), "{hits:?}");
+    // Without a source the text is the identity, within the collection.
+    let x = engine
+        .ingest(NewDocument {
+            text: text.into(),
+            collection: Some("x".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let y = engine
+        .ingest(NewDocument {
+            text: text.into(),
+            collection: Some("y".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_ne!(x.doc_id, y.doc_id);
+    assert_eq!(y.status, IngestStatus::Created);
+    assert_eq!(engine.list_documents(None, 0, 10).await.unwrap().total, 6);
+    // A document an older version stored without a source (its id `doc-` +
+    // a hash of its text) is found again when posted again.
+    let old_text = "An old document posted without a source.";
+    let legacy = ragfleet_rag::store::legacy_document_id(old_text);
+    engine
+        .ingest(NewDocument {
+            id: Some(legacy.clone()),
+            text: old_text.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let again = engine
+        .ingest(NewDocument {
+            text: old_text.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.doc_id.as_str(), again.status),
+        (legacy.as_str(), IngestStatus::Unchanged)
+    );
+}

@@ -124,6 +124,14 @@ async fn load_multipart(mut mp: Multipart) -> ApiResult<Vec<NewDocument>> {
     if files.len() > 1 && opts.id.is_some() {
         return Err(ApiError::invalid("an id can be given for one file only"));
     }
+    if files.len() > 1 && source.is_some() {
+        return Err(ApiError::invalid(
+            "a source can be given for one file only (each file's name is its source)",
+        ));
+    }
+    // The source (identity within the collection): the `source` field, else
+    // the file name as the client gave it (a relative path when it sends one).
+    opts.source = source;
     let mut docs = Vec::new();
     for (fname, ctype, data) in files {
         let opts = opts.clone();
@@ -133,14 +141,7 @@ async fn load_multipart(mut mp: Multipart) -> ApiResult<Vec<NewDocument>> {
         .await
         .map_err(|e| ApiError::internal(format!("loader task failed: {e}")))?;
         match loaded {
-            Ok(mut ds) => {
-                if let Some(s) = &source {
-                    for d in &mut ds {
-                        d.source = Some(s.clone());
-                    }
-                }
-                docs.extend(ds);
-            }
+            Ok(ds) => docs.extend(ds),
             Err(e) => {
                 crate::metrics::record_ingest_failure(1);
                 return Err(e.into());
@@ -224,7 +225,7 @@ pub async fn batch(
                     if text.trim().is_empty() {
                         continue;
                     }
-                    parse_line(&text, q.collection.as_deref())
+                    parse_line(&text, line_no, &q)
                 }
             };
             resp.lines += 1;
@@ -258,7 +259,7 @@ fn push_failure(resp: &mut BatchResponse, line: usize, e: ApiError) {
     });
 }
 
-fn parse_line(text: &str, collection: Option<&str>) -> Result<NewDocument, ApiError> {
+fn parse_line(text: &str, line: usize, q: &BatchQuery) -> Result<NewDocument, ApiError> {
     let body: DocumentBody = serde_json::from_str(text).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             ApiError::new(
@@ -275,7 +276,18 @@ fn parse_line(text: &str, collection: Option<&str>) -> Result<NewDocument, ApiEr
     }
     let mut doc = body.into_new_document();
     if doc.collection.is_none() {
-        doc.collection = collection.map(str::to_string);
+        doc.collection.clone_from(&q.collection);
+    }
+    if let Some(source) = q.source.as_deref().filter(|s| !s.is_empty()) {
+        if doc.source.is_none() {
+            // Like a JSON Lines file loaded from disk: a line without an id is
+            // identified by its place in the file.
+            doc.source = Some(if doc.id.is_none() {
+                format!("{source}#{line}")
+            } else {
+                source.to_string()
+            });
+        }
     }
     Ok(doc)
 }

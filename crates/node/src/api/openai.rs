@@ -1,9 +1,14 @@
 //! OpenAI-compatible API: `POST /v1/chat/completions` (stream and
-//! non-stream) and `GET /v1/models`. The model name picks the collection
-//! (`ragfleet` = every collection), so OpenAI SDKs and chat UIs can talk to
-//! a node or a cluster unchanged. The answer is the RAG answer (retrieval +
-//! citations); the last user message is the question. Requests are read
-//! leniently (unknown OpenAI fields are ignored) for compatibility.
+//! non-stream) and `GET /v1/models`, so OpenAI SDKs and chat UIs can talk to
+//! a node or a cluster unchanged. The models are what `/v1/models` lists:
+//! the node's generators by name (`extractive`, `local`, `openai`: that
+//! generator over every collection), `ragfleet` (the default generator over
+//! every collection) and `ragfleet/<collection>` (the default generator over
+//! one collection). Any other model is a 404 `model_not_found` in OpenAI's
+//! error shape; the response's `model` names the generator that answered.
+//! The answer is the RAG answer (retrieval + citations); the last user
+//! message is the question. Requests are read leniently (unknown OpenAI
+//! fields are ignored) for compatibility.
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,8 +27,65 @@ use super::types::{check_text, CitationSchema, MAX_ANSWER_TOKENS};
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::state::SharedState;
 
-/// The model name meaning "every collection".
+/// The model name meaning "every collection" (with the default generator).
 pub const ALL_COLLECTIONS_MODEL: &str = "ragfleet";
+
+/// The prefix of the models that are one collection: `ragfleet/<collection>`.
+pub const COLLECTION_MODEL_PREFIX: &str = "ragfleet/";
+
+/// What a model name selects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelChoice {
+    /// `None`: every collection.
+    pub collection: Option<String>,
+    /// `None`: the default generator.
+    pub generator: Option<String>,
+}
+
+/// Resolves a request's `model` against the generators and collections;
+/// `None` when it names none of them (OpenAI's `model_not_found`).
+pub async fn resolve_model(
+    engine: &ragfleet_rag::Engine,
+    model: &str,
+) -> ApiResult<Option<ModelChoice>> {
+    if model == ALL_COLLECTIONS_MODEL {
+        return Ok(Some(ModelChoice {
+            collection: None,
+            generator: None,
+        }));
+    }
+    if let Some(c) = model.strip_prefix(COLLECTION_MODEL_PREFIX) {
+        let known = c == ragfleet_rag::types::DEFAULT_COLLECTION
+            || engine.collections().await?.iter().any(|k| k == c);
+        return Ok(known.then(|| ModelChoice {
+            collection: Some(c.to_string()),
+            generator: None,
+        }));
+    }
+    Ok(engine
+        .generator_names()
+        .iter()
+        .any(|g| g == model)
+        .then(|| ModelChoice {
+            collection: None,
+            generator: Some(model.to_string()),
+        }))
+}
+
+/// OpenAI's answer to an unknown model: 404 with
+/// `{"error": {"message", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}`.
+fn model_not_found(model: &str) -> Response {
+    let body = json!({"error": {
+        "message": format!(
+            "The model `{model}` does not exist. GET /v1/models lists the models: the \
+             generators, `ragfleet` (every collection) and `ragfleet/<collection>`."
+        ),
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }});
+    (axum::http::StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CompletionMessage {
@@ -44,7 +106,9 @@ pub struct StreamOptions {
 /// fields are accepted and ignored.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CompletionRequest {
-    /// A collection name, or `ragfleet` for every collection.
+    /// A generator (`extractive`, `local`, `openai`: every collection),
+    /// `ragfleet` (every collection) or `ragfleet/<collection>`: one of the
+    /// ids `/v1/models` lists.
     pub model: String,
     pub messages: Vec<CompletionMessage>,
     #[serde(default)]
@@ -100,6 +164,8 @@ pub struct CompletionChoice {
 /// ragfleet's additions to the OpenAI response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RagfleetExtra {
+    /// The collection searched (`null`: every collection).
+    pub collection: Option<String>,
     pub conversation_id: String,
     pub run_id: String,
     pub citations: Vec<CitationSchema>,
@@ -123,7 +189,9 @@ pub struct CompletionResponse {
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
     request_body = CompletionRequest,
     responses((status = 200, body = CompletionResponse, content_type = "application/json"),
-        (status = 400, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody),
+        (status = 400, body = crate::error::ErrorBody),
+        (status = 404, description = "unknown model: OpenAI's error shape `{error: {message, type, param, code: model_not_found}}`"),
+        (status = 413, body = crate::error::ErrorBody),
         (status = 415, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody),
         (status = 429, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 pub async fn completions(
@@ -164,13 +232,21 @@ pub async fn completions(
     if let Some(s) = req.seed {
         params.seed = s;
     }
-    let model = req.model.trim().to_string();
-    if model.is_empty() {
+    let requested = req.model.trim();
+    if requested.is_empty() {
         return Err(ApiError::invalid(
-            "model is empty (use a collection name or \"ragfleet\")",
+            "model is empty (GET /v1/models lists the models)",
         ));
     }
-    let collection = (model != ALL_COLLECTIONS_MODEL).then(|| model.clone());
+    let Some(choice) = resolve_model(engine, requested).await? else {
+        return Ok(model_not_found(requested));
+    };
+    // The response names what really answers: the generator.
+    let model = choice
+        .generator
+        .clone()
+        .unwrap_or_else(|| engine.default_generator().to_string());
+    let collection = choice.collection;
     let conversation_id = headers
         .get("x-ragfleet-conversation-id")
         .and_then(|v| v.to_str().ok())
@@ -179,7 +255,8 @@ pub async fn completions(
     let chat_req = ragfleet_rag::ChatRequest {
         message: question,
         conversation_id,
-        collection,
+        collection: collection.clone(),
+        generator: choice.generator,
         params: Some(params),
         ..Default::default()
     };
@@ -203,6 +280,7 @@ pub async fn completions(
                 total_tokens: r.usage.prompt_tokens + r.usage.completion_tokens,
             },
             ragfleet: RagfleetExtra {
+                collection,
                 conversation_id: r.conversation_id,
                 run_id: r.run_id,
                 citations: r.citations,
@@ -231,6 +309,7 @@ pub async fn completions(
                 ChatEvent::Done { usage, conversation_id, run_id, citations, .. } => {
                     let mut last = chunk(&id, json!({}), Some("stop"));
                     last["ragfleet"] = json!({
+                        "collection": collection,
                         "conversation_id": conversation_id, "run_id": run_id,
                         "citations": citations,
                     });
@@ -278,40 +357,28 @@ pub struct ModelList {
     pub data: Vec<ModelEntry>,
 }
 
-/// Largest number of documents scanned to find the collections.
-const COLLECTION_SCAN: usize = 20_000;
-
-/// The models: `ragfleet` (every collection) and one per collection.
+/// The models: the generators by name, `ragfleet` (every collection) and
+/// `ragfleet/<collection>` for `default` and every collection holding documents.
 #[utoipa::path(get, path = "/v1/models", tag = "openai",
     responses((status = 200, body = ModelList), (status = 503, body = crate::error::ErrorBody)))]
 pub async fn models(State(state): State<SharedState>) -> ApiResult<ApiJson<ModelList>> {
     let engine = state.engine()?;
-    // The engine has no collection listing yet: gather them from the
-    // document list (bounded).
-    let mut names = BTreeSet::new();
-    names.insert(ragfleet_rag::types::DEFAULT_COLLECTION.to_string());
-    let mut offset = 0;
-    while offset < COLLECTION_SCAN {
-        let page = engine.list_documents(None, offset, 1000).await?;
-        let n = page.items.len();
-        names.extend(page.items.into_iter().map(|d| d.collection));
-        offset += n;
-        if n == 0 || offset >= page.total {
-            break;
-        }
-    }
-    let mut data = vec![ModelEntry {
-        id: ALL_COLLECTIONS_MODEL.into(),
+    let mut collections = BTreeSet::new();
+    collections.insert(ragfleet_rag::types::DEFAULT_COLLECTION.to_string());
+    collections.extend(engine.collections().await?);
+    let entry = |id: String| ModelEntry {
+        id,
         object: "model".into(),
         created: 0,
         owned_by: "ragfleet".into(),
-    }];
-    data.extend(names.into_iter().map(|n| ModelEntry {
-        id: n,
-        object: "model".into(),
-        created: 0,
-        owned_by: "ragfleet".into(),
-    }));
+    };
+    let mut data: Vec<ModelEntry> = engine.generator_names().into_iter().map(entry).collect();
+    data.push(entry(ALL_COLLECTIONS_MODEL.into()));
+    data.extend(
+        collections
+            .into_iter()
+            .map(|c| entry(format!("{COLLECTION_MODEL_PREFIX}{c}"))),
+    );
     Ok(ApiJson(ModelList {
         object: "list".into(),
         data,

@@ -11,7 +11,8 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentBody {
-    /// Kept verbatim; derived from the content hash when absent.
+    /// Kept verbatim. When absent: derived from `source` within the
+    /// collection, or without a source from the text within the collection.
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default)]
@@ -138,6 +139,11 @@ pub struct BatchQuery {
     /// Collection for lines that name none.
     #[serde(default)]
     pub collection: Option<String>,
+    /// The file the lines come from, for lines that name no source: a line
+    /// with an id gets it as its source, a line without one `SOURCE#LINE`
+    /// (its identity; see docs/ingest.md).
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 pub fn page_bounds(

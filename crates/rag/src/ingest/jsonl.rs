@@ -15,7 +15,18 @@ pub(super) fn parse(text: &str) -> Parsed {
         if line.is_empty() {
             continue;
         }
-        out.push(parse_line(line).map_err(|reason| format!("line {}: {reason}", i + 1)));
+        out.push(
+            parse_line(line)
+                .map(|mut d| {
+                    // No id: the line is identified by its place in the file
+                    // (the loader prefixes the file's source).
+                    if d.id.is_none() {
+                        d.source = Some(format!("#{}", i + 1));
+                    }
+                    d
+                })
+                .map_err(|reason| format!("line {}: {reason}", i + 1)),
+        );
     }
     if out.is_empty() {
         return Err("no JSON lines (only whitespace)".into());

@@ -29,6 +29,10 @@ pub struct LoadOptions {
     pub title: Option<String>,
     /// Metadata merged into every document (wins over what the loader found).
     pub metadata: Metadata,
+    /// The source recorded for the loaded documents — part of their
+    /// identity (see [`document_id`]). `None`: the path or upload name as
+    /// given. JSON Lines documents without an id get `SOURCE#LINE`.
+    pub source: Option<String>,
 }
 
 /// What a format reader produced: whole-file failure (outer `Err`), or one
@@ -50,6 +54,12 @@ pub fn load_path(path: &Path, opts: &LoadOptions) -> Vec<Result<NewDocument>> {
             return vec![Err(load_err(
                 path,
                 "a document id cannot be given for a directory (it would be shared by every file)",
+            ))];
+        }
+        if opts.source.is_some() {
+            return vec![Err(load_err(
+                path,
+                "a source cannot be given for a directory (it would be shared by every file)",
             ))];
         }
         let mut files = Vec::new();
@@ -92,6 +102,29 @@ pub fn load_bytes_each(
         return vec![Err(unsupported(path, content_type))];
     };
     finish(path, name, format, parse(path, format, bytes), opts)
+}
+
+/// A document's id when the caller gives none: its source within its
+/// collection, `hex(sha256(collection + "\0" + source))`, so the same source
+/// in the same collection replaces itself and the same text in two
+/// collections, or at two sources, is two documents. A document without a
+/// source is identified by its text within its collection:
+/// `doc-` + the first 32 hex digits of `sha256(collection + "\0\0" + text)`.
+pub fn document_id(collection: &str, source: Option<&str>, text: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(collection.as_bytes());
+    match source.filter(|s| !s.is_empty()) {
+        Some(source) => {
+            h.update(b"\0");
+            h.update(source.as_bytes());
+            hex::encode(h.finalize())
+        }
+        None => {
+            h.update(b"\0\0");
+            h.update(text.as_bytes());
+            format!("doc-{}", &hex::encode(h.finalize())[..32])
+        }
+    }
 }
 
 /// SHA-256 (lower-case hex) of a text.
@@ -295,7 +328,12 @@ fn finish(
             for (k, v) in &opts.metadata {
                 doc.metadata.insert(k.clone(), v.clone());
             }
-            doc.source = Some(source.to_string());
+            let base = opts.source.as_deref().unwrap_or(source);
+            // JSON Lines readers mark a line without an id with `#LINE`.
+            doc.source = Some(match doc.source.take() {
+                Some(line) if line.starts_with('#') => format!("{base}{line}"),
+                _ => base.to_string(),
+            });
             Ok(doc)
         })
         .collect()

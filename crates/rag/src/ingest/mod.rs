@@ -7,6 +7,7 @@
 //!   type or the name's extension.
 //! - [`split`]: token-aware, Markdown-aware chunking with overlap; chunk
 //!   offsets are char offsets that slice back to the chunk text.
+//! - [`document_id`]: a document's identity (its source within its collection).
 //! - [`content_hash`] / [`document_hash`]: SHA-256 hex, for no-op re-ingest.
 //!
 //! Everything here is synchronous CPU work: async callers run it on a
@@ -23,7 +24,8 @@ mod split;
 
 pub use formats::Format;
 pub use loader::{
-    content_hash, document_hash, load_bytes, load_bytes_each, load_path, LoadOptions, FORMAT_KEY,
+    content_hash, document_hash, document_id, load_bytes, load_bytes_each, load_path, LoadOptions,
+    FORMAT_KEY,
 };
 pub use split::split;
 

@@ -156,6 +156,8 @@ pub trait DocumentStore: Send + Sync {
     ) -> Result<Vec<String>>;
     /// `(documents, chunks)`.
     async fn counts(&self) -> Result<(usize, usize)>;
+    /// The collections holding at least one document, sorted.
+    async fn collections(&self) -> Result<Vec<String>>;
     /// A wake-up feed of new changes from other writers, if the backend has
     /// one (PostgreSQL LISTEN/NOTIFY). `None`: followers poll.
     async fn listen(&self) -> Result<Option<Box<dyn ChangeListener>>> {
@@ -217,6 +219,88 @@ pub trait RunStore: Send + Sync {
 /// A backend implementing all three stores.
 pub trait Store: DocumentStore + ConversationStore + RunStore {}
 impl<T: DocumentStore + ConversationStore + RunStore> Store for T {}
+
+/// The id versions before migration 0015 derived from a document's text
+/// alone: `doc-` + 16 hex digits of SHA-256 over the length-prefixed text.
+pub fn legacy_document_id(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((text.len() as u64).to_le_bytes());
+    h.update(text.as_bytes());
+    format!("doc-{}", &hex::encode(h.finalize())[..16])
+}
+
+/// The data step of migration 0015 (document identity): each listed
+/// document that has a source and the text-derived id of older versions
+/// moves to [`crate::ingest::document_id`] — written under the new id (new
+/// chunk keys, same chunks and embeddings, `created_at` kept), then deleted
+/// under the old one, both through the change log so the indexes of every
+/// node sharing the store follow. Newest first: when older versions left
+/// several documents with one source, the newest takes the id and the
+/// others stay as they are (nothing is lost). Idempotent, so processes
+/// opening the store together, or a run cut short, are harmless.
+pub(crate) async fn rekey_legacy_documents(
+    store: &dyn DocumentStore,
+    ids: &[String],
+) -> Result<()> {
+    let mut docs = Vec::new();
+    for id in ids {
+        if let Some(d) = store.get_document(id).await? {
+            docs.push(d);
+        }
+    }
+    docs.sort_by(|a, b| b.seq.cmp(&a.seq));
+    let (mut moved, mut kept) = (0usize, 0usize);
+    for d in docs {
+        let Some(source) = d.source.as_deref().filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        if d.id != legacy_document_id(&d.text) {
+            continue; // a caller-given id stays
+        }
+        let new_id = crate::ingest::document_id(&d.collection, Some(source), &d.text);
+        match store.get_document(&new_id).await? {
+            // Moved already (another process, or a run cut short).
+            Some(cur) if cur.content_hash == d.content_hash => {}
+            // A newer version of this source holds the id.
+            Some(_) => {
+                kept += 1;
+                continue;
+            }
+            None => {
+                let chunks: Vec<NewChunk> = store
+                    .document_chunks(&d.id)
+                    .await?
+                    .into_iter()
+                    .map(|c| NewChunk {
+                        id: format!("{new_id}#{}", c.ordinal),
+                        ordinal: c.ordinal,
+                        text: c.text,
+                        start: c.start,
+                        end: c.end,
+                        page: c.page,
+                        embedding: c.embedding.unwrap_or_default(),
+                    })
+                    .collect();
+                let rec = DocumentRecord {
+                    id: new_id.clone(),
+                    ..d.clone()
+                };
+                store.upsert_document(&rec, &chunks).await?;
+            }
+        }
+        store.delete_document(&d.id).await?;
+        moved += 1;
+    }
+    if moved + kept > 0 {
+        tracing::info!(
+            moved,
+            kept,
+            "documents moved to source-based ids (kept: older versions of a source, left under their old id)"
+        );
+    }
+    Ok(())
+}
 
 /// Now, RFC 3339 with milliseconds, UTC.
 pub fn now_rfc3339() -> String {

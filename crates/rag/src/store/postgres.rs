@@ -146,12 +146,35 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|e| RagError::Storage(format!("migrating the PostgreSQL store: {e}")))?;
-        Ok(Self {
+        let store = Self {
             pool,
             connect,
             connect_timeout: opts.connect_timeout,
             channel,
-        })
+        };
+        store.migrate_document_ids().await.map_err(|e| {
+            RagError::Storage(format!(
+                "migrating document ids in the PostgreSQL store: {e}"
+            ))
+        })?;
+        Ok(store)
+    }
+
+    /// Migration 0015's data step ([`super::rekey_legacy_documents`]).
+    async fn migrate_document_ids(&self) -> Result<()> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM legacy_document_ids")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        super::rekey_legacy_documents(self, &ids).await?;
+        sqlx::query("DELETE FROM legacy_document_ids")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -344,7 +367,12 @@ impl DocumentStore for PostgresStore {
         let seq = self
             .log_change(&mut tx, &doc.id, ChangeOp::Upsert, &removed_keys, &now)
             .await?;
-        let created_at = existing.clone().unwrap_or_else(|| now.clone());
+        // A new document keeps a given creation time (documents moved to a
+        // new id by a migration); the engine gives none.
+        let created_at = existing
+            .clone()
+            .or_else(|| Some(doc.created_at.clone()).filter(|c| !c.is_empty()))
+            .unwrap_or_else(|| now.clone());
         sqlx::query("DELETE FROM chunks WHERE doc_id = $1")
             .bind(&doc.id)
             .execute(&mut *tx)
@@ -614,6 +642,13 @@ impl DocumentStore for PostgresStore {
             listener,
             _pool: pool,
         })))
+    }
+
+    async fn collections(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT DISTINCT collection FROM documents ORDER BY collection")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)
     }
 
     fn backend(&self) -> &'static str {

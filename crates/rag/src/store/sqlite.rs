@@ -123,7 +123,30 @@ impl SqliteStore {
                 }
             }
         }
-        Ok(Self { pool })
+        let store = Self { pool };
+        store.migrate_document_ids().await.map_err(|e| {
+            RagError::Storage(format!(
+                "migrating document ids in the SQLite store {name}: {e}"
+            ))
+        })?;
+        Ok(store)
+    }
+
+    /// Migration 0015's data step ([`super::rekey_legacy_documents`]).
+    async fn migrate_document_ids(&self) -> Result<()> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM legacy_document_ids")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        super::rekey_legacy_documents(self, &ids).await?;
+        sqlx::query("DELETE FROM legacy_document_ids")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -306,7 +329,12 @@ impl DocumentStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(db_err)?;
-        let created_at = existing.clone().unwrap_or_else(|| now.clone());
+        // A new document keeps a given creation time (documents moved to a
+        // new id by a migration); the engine gives none.
+        let created_at = existing
+            .clone()
+            .or_else(|| Some(doc.created_at.clone()).filter(|c| !c.is_empty()))
+            .unwrap_or_else(|| now.clone());
         sqlx::query("DELETE FROM chunks WHERE doc_id = ?")
             .bind(&doc.id)
             .execute(&mut *tx)
@@ -538,6 +566,13 @@ impl DocumentStore for SqliteStore {
             .await
             .map_err(db_err)?;
         Ok((docs as usize, chunks as usize))
+    }
+
+    async fn collections(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT DISTINCT collection FROM documents ORDER BY collection")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)
     }
 
     fn backend(&self) -> &'static str {
