@@ -264,6 +264,7 @@ fn caller_options_are_applied() {
         id: Some("my-id/42".into()),
         title: Some("Custom".into()),
         metadata,
+        source: Some("manuals/guide.md".into()),
     };
     let d = load_path(&fixture("good/guide.md"), &opts)
         .remove(0)
@@ -271,6 +272,7 @@ fn caller_options_are_applied() {
     assert_eq!(d.id.as_deref(), Some("my-id/42"));
     assert_eq!(d.title.as_deref(), Some("Custom"));
     assert_eq!(d.collection.as_deref(), Some("handbook"));
+    assert_eq!(d.source.as_deref(), Some("manuals/guide.md"));
     assert_eq!(d.metadata["team"], "docs");
     assert_eq!(d.metadata[FORMAT_KEY], "markdown");
     // An id for a multi-document load is refused (it would be shared).

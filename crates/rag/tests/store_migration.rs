@@ -113,9 +113,9 @@ fn old_rows(backend: Backend) -> (Vec<Old>, String) {
             .source
             .map(|s| format!("'{s}'"))
             .unwrap_or_else(|| "NULL".into());
-        let metadata = match backend {
-            Backend::Sqlite => "'{}'",
-            Backend::Postgres => "'{}'::jsonb",
+        let (metadata, no_keys) = match backend {
+            Backend::Sqlite => ("'{}'", "'[]'"),
+            Backend::Postgres => ("'{}'::jsonb", "'{}'::bigint[]"),
         };
         sql.push_str(&format!(
             "INSERT INTO documents (id, title, collection, metadata, source, text, pages, content_hash, \
@@ -130,7 +130,7 @@ fn old_rows(backend: Backend) -> (Vec<Old>, String) {
             seq = d.seq,
         ));
         sql.push_str(&format!(
-            "INSERT INTO changes (doc_id, op, removed_keys, at) VALUES ('{}', 'upsert', '[]', '2025-01-01T00:00:00.000Z');\n",
+            "INSERT INTO changes (doc_id, op, removed_keys, at) VALUES ('{}', 'upsert', {no_keys}, '2025-01-01T00:00:00.000Z');\n",
             d.id
         ));
         for (i, t) in d.chunks.iter().enumerate() {

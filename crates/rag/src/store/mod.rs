@@ -249,7 +249,7 @@ pub(crate) async fn rekey_legacy_documents(
             docs.push(d);
         }
     }
-    docs.sort_by(|a, b| b.seq.cmp(&a.seq));
+    docs.sort_by_key(|d| std::cmp::Reverse(d.seq));
     let (mut moved, mut kept) = (0usize, 0usize);
     for d in docs {
         let Some(source) = d.source.as_deref().filter(|s| !s.is_empty()) else {
