@@ -1,6 +1,6 @@
 //! `ragfleet eval`: retrieval quality on a BEIR-layout dataset and answer
 //! quality on a SQuAD v1.1 file, measured through a fresh [`Engine`].
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,8 +8,10 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use ragfleet_models::{BertEmbedder, LocalLlama, LocalLlamaOptions};
+use ragfleet_rag::answer::{strip_markers, Relevance, NO_ANSWER};
 use ragfleet_rag::eval::{
-    dedup_ranked, evaluate_run, read_beir, read_squad, AnswerScores, RetrievalScores,
+    dedup_ranked, evaluate_run, f1_score, max_over_gold, read_beir, read_squad, AnswerScores,
+    RetrievalScores, SquadQuestion,
 };
 use ragfleet_rag::generate::extractive::ExtractiveGenerator;
 use ragfleet_rag::generate::Generator;
@@ -119,6 +121,21 @@ struct AnswersArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Sample only questions of the articles at `even` or `odd` positions in
+    /// the file (two disjoint halves: tune on one, report on the other).
+    #[arg(long, default_value = "all")]
+    articles: String,
+    /// Unanswerable questions to ask: the first N sampled questions, each
+    /// asked with its whole article removed from the corpus (0 = none).
+    #[arg(long)]
+    unanswerable: Option<usize>,
+    /// Override `[chat] min_relevance` (the abstention threshold).
+    #[arg(long)]
+    min_relevance: Option<f32>,
+    /// Write one JSON line per question (relevance evidence, decision,
+    /// scores) to this file.
+    #[arg(long)]
+    scores: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
 }
@@ -175,7 +192,12 @@ impl Drop for WorkDir {
     }
 }
 
-async fn open_engine(c: &Common, work: &Path, generators: Generators) -> anyhow::Result<Engine> {
+async fn open_engine(
+    c: &Common,
+    work: &Path,
+    generators: Generators,
+    min_relevance: Option<f32>,
+) -> anyhow::Result<Engine> {
     let dir = c.models.join("all-minilm-l6-v2");
     let embedder = tokio::task::spawn_blocking(move || BertEmbedder::load(&dir))
         .await?
@@ -193,6 +215,9 @@ async fn open_engine(c: &Common, work: &Path, generators: Generators) -> anyhow:
     }
     if let Some(w) = c.vector_weight {
         cfg.retrieval.vector_weight = w;
+    }
+    if let Some(m) = min_relevance {
+        cfg.chat.min_relevance = m;
     }
     Engine::open(cfg, Arc::new(embedder), generators)
         .await
@@ -272,7 +297,7 @@ async fn retrieval(a: RetrievalArgs) -> anyhow::Result<()> {
 
     let work = WorkDir::new(a.common.work.clone())?;
     let generators = Generators::single("extractive", Arc::new(ExtractiveGenerator::new()));
-    let engine = open_engine(&a.common, &work.path, generators).await?;
+    let engine = open_engine(&a.common, &work.path, generators, None).await?;
     if engine.stats().documents == 0 {
         ingest_all(&engine, ds.corpus.clone()).await?;
     } else {
@@ -357,48 +382,92 @@ fn splitmix(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-async fn answers(a: AnswersArgs) -> anyhow::Result<()> {
-    let path = a.squad.clone();
-    let all = tokio::task::spawn_blocking(move || read_squad(&path)).await??;
-    if a.sample == 0 {
-        bail!("--sample must be at least 1");
+/// One asked question's outcome.
+struct Asked {
+    answer: String,
+    relevance: Option<Relevance>,
+    /// (supported sentences, sentences) of the attributed answer.
+    grounded: (usize, usize),
+}
+
+impl Asked {
+    fn abstained(&self) -> bool {
+        self.relevance.is_some_and(|r| r.abstained) || strip_markers(&self.answer) == NO_ANSWER
     }
+}
+
+async fn ask_one(engine: &Engine, a: &AnswersArgs, q: &SquadQuestion) -> anyhow::Result<Asked> {
+    let mut req = ChatRequest::new(q.question.clone());
+    req.top_k = Some(a.top_k);
+    req.mode = Some(a.mode);
+    let mut params = engine.config().generation.clone();
+    params.max_tokens = a.answer_tokens;
+    params.temperature = 0.0;
+    req.params = Some(params);
+    let mut stream = engine
+        .chat(req)
+        .await
+        .with_context(|| format!("question {}", q.id))?;
+    let mut done = None;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            ChatEvent::Done { answer, run_id, .. } => done = Some((answer, run_id)),
+            ChatEvent::Error { message } => bail!("question {}: {message}", q.id),
+            _ => {}
+        }
+    }
+    // A stream that ends without `Done` lost its answer: scoring it as
+    // an empty answer would quietly lower the numbers.
+    let Some((answer, run_id)) = done else {
+        bail!(
+            "question {}: the answer stream ended without a result",
+            q.id
+        );
+    };
+    let run = engine.get_run(&run_id).await?;
+    let (relevance, grounded) = run.map_or((None, (0, 0)), |r| {
+        let ok = r.attribution.iter().filter(|s| s.supported).count();
+        (r.relevance, (ok, r.attribution.len()))
+    });
+    Ok(Asked {
+        answer,
+        relevance,
+        grounded,
+    })
+}
+
+/// The seeded sample, optionally from one half of the articles.
+fn sample_questions<'a>(
+    all: &'a [SquadQuestion],
+    a: &AnswersArgs,
+) -> anyhow::Result<Vec<&'a SquadQuestion>> {
+    let mut order: HashMap<&str, usize> = HashMap::new();
+    for q in all {
+        let n = order.len();
+        order.entry(q.title.as_str()).or_insert(n);
+    }
+    let keep = |q: &SquadQuestion| match a.articles.as_str() {
+        "even" => order[q.title.as_str()].is_multiple_of(2),
+        "odd" => !order[q.title.as_str()].is_multiple_of(2),
+        _ => true,
+    };
+    if !matches!(a.articles.as_str(), "all" | "even" | "odd") {
+        bail!("--articles must be all, even or odd, not {:?}", a.articles);
+    }
+    let pool: Vec<&SquadQuestion> = all.iter().filter(|q| keep(q)).collect();
     // Seeded partial Fisher-Yates.
-    let mut idx: Vec<usize> = (0..all.len()).collect();
+    let mut idx: Vec<usize> = (0..pool.len()).collect();
     let mut st = a.seed;
-    let n = a.sample.min(all.len());
+    let n = a.sample.min(pool.len());
     for i in 0..n {
         let j = i + (splitmix(&mut st) % (idx.len() - i) as u64) as usize;
         idx.swap(i, j);
     }
-    let sample: Vec<_> = idx[..n].iter().map(|&i| &all[i]).collect();
+    Ok(idx[..n].iter().map(|&i| pool[i]).collect())
+}
 
-    // Paragraphs as documents, ids as in squad-beir: "{title}#{index}".
-    let mut paragraphs: BTreeMap<String, NewDocument> = BTreeMap::new();
-    let wanted: Option<std::collections::HashSet<String>> = match a.corpus.as_str() {
-        "all" => None,
-        "sampled" => Some(
-            sample
-                .iter()
-                .map(|q| format!("{}#{}", q.title, q.paragraph))
-                .collect(),
-        ),
-        other => bail!("--corpus must be `all` or `sampled`, not {other:?}"),
-    };
-    for q in &all {
-        let id = format!("{}#{}", q.title, q.paragraph);
-        if wanted.as_ref().is_some_and(|w| !w.contains(&id)) {
-            continue;
-        }
-        paragraphs.entry(id.clone()).or_insert_with(|| NewDocument {
-            id: Some(id),
-            title: Some(q.title.replace('_', " ")),
-            text: q.context.clone(),
-            ..Default::default()
-        });
-    }
-
-    let generator: Arc<dyn Generator> = match a.generator.as_str() {
+async fn load_generator(a: &AnswersArgs) -> anyhow::Result<Arc<dyn Generator>> {
+    Ok(match a.generator.as_str() {
         "extractive" => Arc::new(ExtractiveGenerator::new()),
         "local" => {
             let file = match &a.llm_model {
@@ -417,21 +486,54 @@ async fn answers(a: AnswersArgs) -> anyhow::Result<()> {
             Arc::new(g)
         }
         other => bail!("--generator must be `local` or `extractive`, not {other:?}"),
+    })
+}
+
+async fn answers(a: AnswersArgs) -> anyhow::Result<()> {
+    let path = a.squad.clone();
+    let all = tokio::task::spawn_blocking(move || read_squad(&path)).await??;
+    if a.sample == 0 {
+        bail!("--sample must be at least 1");
+    }
+    let sample = sample_questions(&all, &a)?;
+    let n = sample.len();
+    // Paragraphs as documents, ids as in squad-beir: "{title}#{index}".
+    let wanted: Option<HashSet<String>> = match a.corpus.as_str() {
+        "all" => None,
+        "sampled" => Some(sample.iter().map(|q| para_id(q)).collect()),
+        other => bail!("--corpus must be `all` or `sampled`, not {other:?}"),
     };
+    let mut paragraphs: BTreeMap<String, NewDocument> = BTreeMap::new();
+    for q in &all {
+        let id = para_id(q);
+        if wanted.as_ref().is_some_and(|w| !w.contains(&id)) {
+            continue;
+        }
+        paragraphs.entry(id.clone()).or_insert_with(|| NewDocument {
+            id: Some(id),
+            title: Some(q.title.replace('_', " ")),
+            text: q.context.clone(),
+            ..Default::default()
+        });
+    }
+    let generator = load_generator(&a).await?;
     let work = WorkDir::new(a.common.work.clone())?;
     let engine = open_engine(
         &a.common,
         &work.path,
         Generators::single(a.generator.clone(), generator),
+        a.min_relevance,
     )
     .await?;
     let summary = format!(
-        "SQuAD {}: {} questions sampled (seed {}), {} paragraphs indexed, generator {}",
+        "SQuAD {}: {} questions sampled (seed {}, articles {}), {} paragraphs indexed, generator {}, min_relevance {}",
         a.squad.display(),
         n,
         a.seed,
+        a.articles,
         paragraphs.len(),
-        a.generator
+        a.generator,
+        engine.config().chat.min_relevance
     );
     if a.common.json {
         eprintln!("{summary}");
@@ -439,45 +541,37 @@ async fn answers(a: AnswersArgs) -> anyhow::Result<()> {
         println!("{summary}");
     }
     if engine.stats().documents == 0 {
-        ingest_all(&engine, paragraphs.into_values().collect()).await?;
+        ingest_all(&engine, paragraphs.values().cloned().collect()).await?;
     }
-
+    let mut lines: Vec<serde_json::Value> = Vec::new();
     let started = Instant::now();
     let mut preds: Vec<(String, &[String])> = Vec::new();
+    let (mut ok_sent, mut all_sent, mut false_abst) = (0usize, 0usize, 0usize);
     for (i, q) in sample.iter().enumerate() {
-        let mut req = ChatRequest::new(q.question.clone());
-        req.top_k = Some(a.top_k);
-        req.mode = Some(a.mode);
-        let mut params = engine.config().generation.clone();
-        params.max_tokens = a.answer_tokens;
-        params.temperature = 0.0;
-        req.params = Some(params);
-        let mut stream = engine
-            .chat(req)
-            .await
-            .with_context(|| format!("question {}", q.id))?;
-        let mut answer = None;
-        while let Some(ev) = stream.next().await {
-            match ev {
-                ChatEvent::Done { answer: text, .. } => answer = Some(text),
-                ChatEvent::Error { message } => bail!("question {}: {message}", q.id),
-                _ => {}
-            }
-        }
-        // A stream that ends without `Done` lost its answer: scoring it as
-        // an empty answer would quietly lower the numbers.
-        let Some(answer) = answer else {
-            bail!(
-                "question {}: the answer stream ended without a result",
-                q.id
-            );
-        };
-        preds.push((strip_citations(&answer), q.answers.as_slice()));
+        let r = ask_one(&engine, &a, q).await?;
+        let pred = strip_markers(&r.answer);
+        ok_sent += r.grounded.0;
+        all_sent += r.grounded.1;
+        false_abst += usize::from(r.abstained());
+        lines.push(score_line(q, "answerable", &r, Some(pred.as_str())));
+        preds.push((pred, q.answers.as_slice()));
         eprint!("\ranswered {}/{}", i + 1, n);
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!();
     let scores = AnswerScores::from_pairs(preds.iter().map(|(p, g)| (p.as_str(), *g)));
+    let unans = unanswerable(&engine, &a, &sample, &paragraphs, &mut lines).await?;
+    if let Some(path) = &a.scores {
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let grounding = if all_sent > 0 {
+        100.0 * ok_sent as f64 / all_sent as f64
+    } else {
+        100.0
+    };
+    let false_abstention = 100.0 * false_abst as f64 / n as f64;
+    let abstention = unans.map(|(k, m)| 100.0 * k as f64 / m.max(1) as f64);
     if a.common.json {
         let out = serde_json::json!({
             "squad": a.squad,
@@ -485,47 +579,94 @@ async fn answers(a: AnswersArgs) -> anyhow::Result<()> {
             "mode": a.mode,
             "top_k": a.top_k,
             "seed": a.seed,
+            "articles": a.articles,
             "questions": scores.questions,
             "exact_match": scores.exact_match,
             "f1": scores.f1,
+            "grounding": grounding,
+            "false_abstention": false_abstention,
+            "abstention": abstention,
+            "unanswerable_questions": unans.map(|x| x.1),
+            "min_relevance": engine.config().chat.min_relevance,
             "seconds_per_question": secs / n as f64,
         });
         println!("{out}");
         return Ok(());
     }
+    let abst = abstention.map_or("-".to_string(), |x| format!("{x:.1}"));
     println!(
-        "\n| generator  | questions | EM     | F1     | s/question |\n|------------|-----------|--------|--------|------------|\n| {:<10} | {:>9} | {:>6.2} | {:>6.2} | {:>10.2} |",
+        "\n| generator  | questions | EM     | F1     | grounding | false abstention | abstention (unanswerable) | s/question |\n|------------|-----------|--------|--------|-----------|------------------|---------------------------|------------|\n| {:<10} | {:>9} | {:>6.2} | {:>6.2} | {:>9.1} | {:>16.1} | {:>25} | {:>10.2} |",
         a.generator,
         scores.questions,
         scores.exact_match,
         scores.f1,
+        grounding,
+        false_abstention,
+        format!("{abst} of {}", unans.map_or(0, |x| x.1)),
         secs / n as f64
     );
     Ok(())
 }
 
-/// Drop `[n]` citation markers so they are not scored as answer tokens.
-fn strip_citations(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('[') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        match after.find(']') {
-            Some(j)
-                if j > 0
-                    && after[..j]
-                        .chars()
-                        .all(|c| c.is_ascii_digit() || c == ',' || c == ' ') =>
-            {
-                rest = &after[j + 1..];
-            }
-            _ => {
-                out.push('[');
-                rest = after;
+fn para_id(q: &SquadQuestion) -> String {
+    format!("{}#{}", q.title, q.paragraph)
+}
+
+fn score_line(q: &SquadQuestion, set: &str, r: &Asked, pred: Option<&str>) -> serde_json::Value {
+    serde_json::json!({
+        "id": q.id,
+        "article": q.title,
+        "set": set,
+        "relevance": r.relevance,
+        "abstained": r.abstained(),
+        "f1": pred.map(|p| max_over_gold(f1_score, p, &q.answers)),
+        "answer": r.answer,
+    })
+}
+
+/// Asks the first `--unanswerable` sampled questions with their whole
+/// article removed from the corpus (article by article: delete its
+/// paragraphs, ask, ingest them again). Returns (abstained, asked).
+async fn unanswerable(
+    engine: &Engine,
+    a: &AnswersArgs,
+    sample: &[&SquadQuestion],
+    paragraphs: &BTreeMap<String, NewDocument>,
+    lines: &mut Vec<serde_json::Value>,
+) -> anyhow::Result<Option<(usize, usize)>> {
+    let m = a.unanswerable.unwrap_or(sample.len()).min(sample.len());
+    if m == 0 {
+        return Ok(None);
+    }
+    let mut by_article: BTreeMap<&str, Vec<&SquadQuestion>> = BTreeMap::new();
+    for &q in &sample[..m] {
+        by_article.entry(q.title.as_str()).or_default().push(q);
+    }
+    let (mut abstained, mut asked) = (0usize, 0usize);
+    for (title, qs) in by_article {
+        let prefix = format!("{title}#");
+        let docs: Vec<NewDocument> = paragraphs
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, d)| d.clone())
+            .collect();
+        for d in &docs {
+            if let Some(id) = &d.id {
+                engine.delete_document(id).await?;
             }
         }
+        for q in qs {
+            let r = ask_one(engine, a, q).await?;
+            abstained += usize::from(r.abstained());
+            asked += 1;
+            lines.push(score_line(q, "unanswerable", &r, None));
+            eprint!("\runanswerable {asked}/{m}");
+        }
+        for r in engine.ingest_batch(docs).await {
+            r.context("re-ingesting an article")?;
+        }
     }
-    out.push_str(rest);
-    out.trim().to_string()
+    engine.flush().await?;
+    eprintln!();
+    Ok(Some((abstained, asked)))
 }

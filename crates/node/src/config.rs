@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub store: ragfleet_rag::StoreConfig,
     /// Shared conversation memory in Redis (`redis_url`).
     pub memory: ragfleet_rag::MemoryConfig,
+    /// Abstention and attribution of answers (`strict_grounding`,
+    /// `min_relevance`, `min_support`).
+    pub chat: ragfleet_rag::ChatConfig,
     /// Request limits and admission control.
     pub limits: Limits,
     /// Graceful shutdown.
@@ -71,6 +74,7 @@ impl Default for NodeConfig {
             index: engine.index,
             store: engine.store,
             memory: engine.memory,
+            chat: engine.chat,
             limits: Limits::default(),
             shutdown: ShutdownConfig::default(),
             redis: RedisConfig::default(),
@@ -618,6 +622,7 @@ impl NodeConfig {
             index: self.index.clone(),
             store: self.store.clone(),
             memory: self.memory.clone(),
+            chat: self.chat.clone(),
             ..Default::default()
         }
     }

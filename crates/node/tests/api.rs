@@ -109,7 +109,7 @@ async fn documents_search_chat_conversations_runs() {
     let (s, snap) = node.get(&format!("/api/v1/runs/{run}")).await;
     assert_eq!(s, 200, "{snap}");
     assert_eq!(snap["run_id"], run.as_str());
-    assert_eq!(snap["output"], answer);
+    assert_eq!(snap["answer"], answer);
 
     // Delete: gone from get and from search.
     let (s, _) = node.delete("/api/v1/documents/paris").await;
@@ -572,7 +572,7 @@ async fn openai_compatible_endpoint_raw() {
         .post_json(
             "/v1/chat/completions",
             &json!({"model": "ragfleet/notes", "messages": [
-                {"role": "user", "content": "Which museum is the most visited?"}]}),
+                {"role": "user", "content": "What does the museum of the city hold?"}]}),
         )
         .await;
     assert_eq!(s, 200, "{r}");

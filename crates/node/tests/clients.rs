@@ -74,6 +74,12 @@ async fn client_disconnect_stops_local_generation() {
     let node = TestNode::start(|c| {
         c.local.enabled = true;
         c.generator = ragfleet_node::GeneratorKind::Local;
+        // An essay request is not a question the sources answer: without
+        // this the engine would abstain instead of generating.
+        c.chat.min_relevance = 0.0;
+        // The compact small-model prompt asks for one or two sentences,
+        // which end before the client leaves: ask for the essay in full.
+        c.prompt.compact_context_tokens = 0;
     })
     .await;
     seed(&node).await;
@@ -88,9 +94,11 @@ async fn client_disconnect_stops_local_generation() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    // Read until the first token arrives.
+    // Read until retrieval is done and generation has begun (a small model
+    // writes a whole essay in about a second, so leave before its first
+    // token, while it reads the prompt).
     let mut seen = String::new();
-    while !seen.contains("event: token") {
+    while !seen.contains("event: retrieval") {
         let chunk = resp.chunk().await.unwrap().expect("stream ended early");
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
@@ -122,7 +130,12 @@ async fn client_disconnect_stops_local_generation() {
             .lines()
             .any(|l| l.starts_with("ragfleet_node_chats_total")
                 && l.contains("outcome=\"cancelled\"")),
-        "cancelled chat not counted"
+        "cancelled chat not counted: {}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("ragfleet_node_chats_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     // Nothing was stored for the abandoned answer.
     let (s, _) = node.get("/api/v1/conversations/disconnect-test").await;

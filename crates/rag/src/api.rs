@@ -163,9 +163,12 @@ pub enum ChatEvent {
     Done {
         conversation_id: String,
         run_id: String,
+        /// The answer after attribution: each sentence followed by the
+        /// `[n]` of the sources that support it (`[?]`: none does). It may
+        /// differ from the streamed tokens, which are the generator's raw text.
         answer: String,
-        /// The sources the answer references (`[n]` markers); all sources
-        /// when it references none.
+        /// The sources the answer uses (attributed); empty when the engine
+        /// abstained or no sentence is supported.
         citations: Vec<Citation>,
         usage: Usage,
         timings: Timings,
@@ -255,11 +258,23 @@ pub struct RunSnapshot {
     pub question: String,
     pub sources: Vec<Source>,
     pub params: GenParams,
+    /// The generator's raw text (what a replay reproduces).
     pub output: String,
     pub citations: Vec<Citation>,
     pub usage: Usage,
     pub timings: Timings,
     pub conversation_id: String,
+    /// The relevance test and the abstention decision (absent in snapshots
+    /// older than it).
+    #[serde(default)]
+    pub relevance: Option<crate::answer::Relevance>,
+    /// Which sources support which sentence of the answer.
+    #[serde(default)]
+    pub attribution: Vec<crate::answer::SentenceAttribution>,
+    /// The answer as delivered: `output` after attribution (markers set by
+    /// the supporting sources, unsupported sentences marked or removed).
+    #[serde(default)]
+    pub answer: String,
 }
 
 /// The result of [`crate::engine::Engine::replay`].

@@ -23,6 +23,8 @@ pub struct EngineConfig {
     pub store: StoreConfig,
     /// Optional shared conversation memory in Redis (`[engine.memory]`).
     pub memory: MemoryConfig,
+    /// Abstention and attribution of answers (`[chat]`).
+    pub chat: ChatConfig,
 }
 
 impl Default for EngineConfig {
@@ -36,9 +38,41 @@ impl Default for EngineConfig {
             index: IndexConfig::default(),
             store: StoreConfig::default(),
             memory: MemoryConfig::default(),
+            chat: ChatConfig::default(),
         }
     }
 }
+
+/// How answers are checked against their sources (`[chat]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatConfig {
+    /// Drop an answer sentence no source supports (default: keep it,
+    /// marked `[?]`).
+    pub strict_grounding: bool,
+    /// Relevance score (mean of the closest chunk's cosine similarity and
+    /// the best hit's IDF-weighted query-term coverage) below which every
+    /// generator answers that the sources do not answer, without calling a
+    /// model. 0 turns abstention off. Calibrated on the SQuAD dev articles
+    /// of even index (docs/eval.md).
+    pub min_relevance: f32,
+    /// Share of a sentence's IDF-weighted content words a source must hold
+    /// to support it (attribution).
+    pub min_support: f32,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            strict_grounding: false,
+            min_relevance: DEFAULT_MIN_RELEVANCE,
+            min_support: 0.5,
+        }
+    }
+}
+
+/// See [`ChatConfig::min_relevance`].
+pub const DEFAULT_MIN_RELEVANCE: f32 = 0.5;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -82,6 +116,14 @@ pub struct PromptConfig {
     /// Previous question/answer exchanges included in the prompt.
     pub history_turns: usize,
     pub system_prompt: String,
+    /// A generator whose context window is at most this many tokens (a
+    /// small local model) gets the compact prompt: at most
+    /// `compact_sources` sources of at most `compact_source_tokens` tokens
+    /// each, in the user message, followed by the question restated.
+    /// 0 = never.
+    pub compact_context_tokens: usize,
+    pub compact_sources: usize,
+    pub compact_source_tokens: usize,
 }
 
 pub const DEFAULT_SYSTEM_PROMPT: &str =
@@ -95,6 +137,9 @@ impl Default for PromptConfig {
             context_budget_tokens: None,
             history_turns: 4,
             system_prompt: DEFAULT_SYSTEM_PROMPT.to_string(),
+            compact_context_tokens: 8192,
+            compact_sources: 3,
+            compact_source_tokens: 160,
         }
     }
 }

@@ -33,6 +33,7 @@ use futures::StreamExt;
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 
+use crate::answer::{finish_answer, Relevance, NO_ANSWER};
 use crate::api::*;
 use crate::config::{EngineConfig, IndexConfig, VectorIndexKind};
 use crate::embed::Embedder;
@@ -43,7 +44,7 @@ use crate::index::lexical::{LexicalDoc, LexicalIndex};
 use crate::index::{KeyFilter, VectorIndex};
 use crate::ingest::split;
 use crate::memory::ConversationMemory;
-use crate::prompt::{build_prompt, cited_numbers};
+use crate::prompt::build_prompt;
 use crate::retrieve::weighted_rrf;
 use crate::store::{now_rfc3339, ChangeListener, DocumentRecord, NewChunk, Store, StoredChunk};
 use crate::types::{Chunk, Document, Hit, NewDocument, RetrievalMode, DEFAULT_COLLECTION};
@@ -179,6 +180,9 @@ struct Retrieved {
     hits: Vec<Hit>,
     embed_ms: f64,
     search_ms: f64,
+    /// Cosine similarity of the closest chunk (the vector list's first
+    /// score, before fusion); `None` in lexical mode.
+    top_cosine: Option<f32>,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -1012,6 +1016,7 @@ impl Engine {
             }
             None => Vec::new(),
         };
+        let top_cosine = vector.first().map(|v| v.1);
         let ranked: Vec<(u64, f32)> = match mode {
             RetrievalMode::Lexical => lexical.into_iter().take(top_k).collect(),
             RetrievalMode::Vector => vector.into_iter().take(top_k).collect(),
@@ -1059,10 +1064,37 @@ impl Engine {
             hits,
             embed_ms,
             search_ms,
+            top_cosine: top_cosine.or(if mode == RetrievalMode::Lexical {
+                None
+            } else {
+                Some(0.0)
+            }),
         })
     }
 
     // ---------------------------------------------------------------- chat
+
+    /// The relevance test (see [`Relevance`]): the closest chunk's cosine
+    /// and the hits' best IDF-weighted coverage of the question.
+    fn relevance(&self, question: &str, retrieved: &Retrieved) -> Relevance {
+        let texts: Vec<String> = retrieved
+            .hits
+            .iter()
+            .map(|h| embed_text(&h.title, &h.text))
+            .collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let coverage = self
+            .inner
+            .lexical
+            .coverage(question, &refs)
+            .into_iter()
+            .fold(0.0f32, f32::max);
+        Relevance::new(
+            retrieved.top_cosine,
+            coverage,
+            self.inner.cfg.chat.min_relevance,
+        )
+    }
 
     /// Answers a message: retrieval, prompt, streamed generation. The stream
     /// yields `Retrieval`, then `Token`s, then `Done` (or `Error`); the turns
@@ -1107,13 +1139,20 @@ impl Engine {
                 None,
             )
             .await?;
+        let relevance = self.relevance(&req.message, &retrieved);
+        // Abstaining: no sources in the prompt, no citations, no model call.
+        let hits: &[Hit] = if relevance.abstained {
+            &[]
+        } else {
+            &retrieved.hits
+        };
         let prompt = build_prompt(
             &inner.cfg.prompt,
             generator.as_ref(),
             &params,
             &history,
             &req.message,
-            &retrieved.hits,
+            hits,
         );
         let citations: Vec<Citation> = prompt
             .source_hits
@@ -1179,6 +1218,9 @@ impl Engine {
                 total_ms: 0.0,
             },
             conversation_id: conversation_id.clone(),
+            relevance: Some(relevance),
+            attribution: Vec::new(),
+            answer: String::new(),
         };
         let gen_req = GenerateRequest {
             messages: prompt.messages,
@@ -1199,7 +1241,11 @@ impl Engine {
                 run_id: run_id.clone(),
                 citations: citations.clone(),
             };
-            let mut tokens = generator.generate(gen_req);
+            let mut tokens = if relevance.abstained {
+                futures::stream::iter([Ok(NO_ANSWER.to_string())]).boxed()
+            } else {
+                generator.generate(gen_req)
+            };
             let mut answer = String::new();
             let mut first_token_ms = None;
             while let Some(delta) = tokens.next().await {
@@ -1220,15 +1266,17 @@ impl Engine {
                     }
                 }
             }
-            let used = cited_numbers(&answer, citations.len());
-            let used_citations: Vec<Citation> = if used.is_empty() {
-                citations.clone()
-            } else {
-                used.iter().filter_map(|n| citations.get(n - 1).cloned()).collect()
-            };
+            let attributed =
+                finish_answer(&answer, relevance.abstained, &snapshot_base.sources, &inner.cfg.chat);
+            let used_citations: Vec<Citation> = attributed
+                .used
+                .iter()
+                .filter_map(|n| citations.get(n - 1).cloned())
+                .collect();
+            let raw_output = std::mem::replace(&mut answer, attributed.answer);
             let usage = Usage {
                 prompt_tokens: snapshot_base.usage.prompt_tokens,
-                completion_tokens: generator.count_tokens(&answer),
+                completion_tokens: generator.count_tokens(&raw_output),
             };
             let timings = Timings {
                 embed_ms: snapshot_base.timings.embed_ms,
@@ -1237,7 +1285,9 @@ impl Engine {
                 total_ms: ms(started),
             };
             let snapshot = RunSnapshot {
-                output: answer.clone(),
+                output: raw_output,
+                answer: answer.clone(),
+                attribution: attributed.sentences,
                 citations: used_citations.clone(),
                 usage,
                 timings,

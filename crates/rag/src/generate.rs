@@ -97,5 +97,7 @@ pub trait Generator: Send + Sync {
     fn generate(&self, req: GenerateRequest) -> BoxStream<'static, Result<String>>;
 }
 
-/// The model-free generator (sentences extracted from the sources).
+/// The model-free generator (answer units extracted from the sources).
 pub mod extractive;
+/// Answer units: sentences, list items, table rows, code lines.
+pub mod segment;

@@ -7,6 +7,7 @@
 //! ([`store::DocumentStore`], [`store::ConversationStore`], [`store::RunStore`]).
 //! [`engine::Engine`] ties them together.
 
+pub mod answer;
 pub mod api;
 pub mod config;
 pub mod embed;
@@ -23,6 +24,8 @@ pub mod store;
 pub mod types;
 
 pub use api::*;
-pub use config::{EngineConfig, MemoryConfig, PromptConfig, RetrievalConfig, StoreConfig};
+pub use config::{
+    ChatConfig, EngineConfig, MemoryConfig, PromptConfig, RetrievalConfig, StoreConfig,
+};
 pub use engine::{Engine, FollowerHandle, Generators};
 pub use error::{RagError, Result};

@@ -77,23 +77,37 @@ pub fn build_prompt(
     let mut budget = cfg
         .context_budget_tokens
         .map_or(available, |b| b.min(available));
+    // A small model follows a short prompt better: few, short sources.
+    let compact = context <= cfg.compact_context_tokens;
+    let (max_sources, per_source) = if compact {
+        (
+            cfg.compact_sources.max(1),
+            cfg.compact_source_tokens.max(16),
+        )
+    } else {
+        (usize::MAX, usize::MAX)
+    };
     let mut system = header;
     let mut sources = Vec::new();
     let mut source_hits = Vec::new();
     for (i, hit) in hits.iter().enumerate() {
+        if sources.len() >= max_sources {
+            break;
+        }
         let n = sources.len() + 1;
         let mut block = source_block(n, &hit.title, &hit.text);
         let mut text = hit.text.clone();
         let mut cost = generator.count_tokens(&block);
-        if cost > budget && sources.is_empty() {
-            // The best source alone is too long: keep its beginning.
+        let limit = budget.min(per_source);
+        if cost > limit && (sources.is_empty() || compact) {
+            // Too long (alone, or for a small model): keep its beginning.
             let chars: Vec<char> = hit.text.chars().collect();
-            let mut keep = chars.len() * budget / cost.max(1);
+            let mut keep = chars.len() * limit / cost.max(1);
             loop {
                 text = chars[..keep].iter().collect();
                 block = source_block(n, &hit.title, &text);
                 cost = generator.count_tokens(&block);
-                if cost <= budget || keep == 0 {
+                if cost <= limit || keep == 0 {
                     break;
                 }
                 keep = keep * 9 / 10;
@@ -121,7 +135,18 @@ pub fn build_prompt(
             cfg.system_prompt
         );
     }
-    let system = system.trim_end().to_string();
+    let mut system = system.trim_end().to_string();
+    let mut user = question.to_string();
+    if compact && !sources.is_empty() {
+        // Sources in the user turn, the question restated right after them.
+        let blocks = system.split_once("\n\nSources:\n\n").map_or("", |x| x.1);
+        user = format!(
+            "Sources:\n\n{blocks}\n\nQuestion: {question}\n\
+Answer the question in one or two sentences using only the sources above, \
+and put the source number in square brackets after each sentence, like [1]."
+        );
+        system = cfg.system_prompt.clone();
+    }
 
     let mut messages = vec![ChatMessage {
         role: Role::System,
@@ -135,7 +160,7 @@ pub fn build_prompt(
     }
     messages.push(ChatMessage {
         role: Role::User,
-        content: question.to_string(),
+        content: user,
     });
     let prompt_tokens = messages.iter().map(|m| count(&m.content)).sum();
     BuiltPrompt {

@@ -358,6 +358,14 @@ async fn runs_round_trip(t: TestStore) {
             total_ms: 4.0,
         },
         conversation_id: "c".into(),
+        relevance: Some(ragfleet_rag::answer::Relevance::new(Some(0.7), 0.5, 0.45)),
+        attribution: vec![ragfleet_rag::answer::SentenceAttribution {
+            sentence: "out".into(),
+            sources: vec![1],
+            support: 1.0,
+            supported: true,
+        }],
+        answer: "out [1]".into(),
     };
     s.put_run(&run).await.unwrap();
     assert_eq!(s.get_run("r1").await.unwrap(), Some(run));

@@ -220,6 +220,68 @@ impl LexicalIndex {
         Ok(out)
     }
 
+    /// IDF-weighted query-term coverage of each text: for every text, the
+    /// share of the query's BM25 IDF weight (from this index's document
+    /// frequencies) carried by the query terms the text contains, in `0..=1`.
+    /// Terms are the index's own (`en_stem`) tokens, stop words left out
+    /// (the extractive generator's list). A query term the index
+    /// never saw gets the largest IDF, so text lacking it counts as missing
+    /// the query's most specific word. Independent of how hits were ranked
+    /// or fused: comparable across queries and retrieval settings.
+    pub fn coverage(&self, query: &str, texts: &[&str]) -> Vec<f32> {
+        let mut analyzer = match self.index.tokenizer_for_field(self.fields.text) {
+            Ok(a) => a,
+            Err(_) => return vec![0.0; texts.len()],
+        };
+        let mut tokens = |s: &str| -> HashSet<String> {
+            let mut out = HashSet::new();
+            let mut ts = analyzer.token_stream(s);
+            while ts.advance() {
+                out.insert(ts.token().text.clone());
+            }
+            out
+        };
+        // Function words carry no evidence: "what" is in no document of a
+        // small corpus, and would count as its most specific missing word.
+        let content: Vec<&str> = query
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty() && !crate::generate::extractive::is_stop(&w.to_lowercase()))
+            .collect();
+        let q = tokens(&content.join(" "));
+        if q.is_empty() {
+            return vec![0.0; texts.len()];
+        }
+        let searcher = self.reader.searcher();
+        let n = searcher.num_docs() as f64;
+        let weights: Vec<(String, f64)> = q
+            .into_iter()
+            .map(|t| {
+                let df = searcher
+                    .doc_freq(&Term::from_field_text(self.fields.text, &t))
+                    .unwrap_or(0) as f64;
+                let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+                (t, idf)
+            })
+            .collect();
+        let total: f64 = weights.iter().map(|w| w.1).sum();
+        texts
+            .iter()
+            .map(|text| {
+                let have = tokens(text);
+                let covered: f64 = weights
+                    .iter()
+                    .filter(|(t, _)| have.contains(t))
+                    .map(|w| w.1)
+                    .sum();
+                if total > 0.0 {
+                    (covered / total) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
     /// The underlying tantivy index.
     pub fn index(&self) -> &Index {
         &self.index
