@@ -186,7 +186,9 @@ function addAssistantMessage() {
     setText(t) { text = t; body.textContent = t; },
     finish(used, done) {
       body.classList.remove("streaming");
-      const cs = used && used.length ? used : citations;
+      // Only the passages the answer used (attributed); an answer no
+      // passage supports, or an abstention, lists none.
+      const cs = used || [];
       const all = citations.length ? citations : cs;
       renderCited(body, text, all);
       extra.textContent = "";

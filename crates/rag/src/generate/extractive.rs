@@ -579,8 +579,10 @@ fn tokenize(text: &str) -> Vec<Tok> {
 fn type_ok(qtype: QuestionType, span: &[Tok]) -> bool {
     let content: Vec<&Tok> = span.iter().filter(|t| !t.stop).collect();
     match qtype {
-        QuestionType::Number => span.iter().any(|t| t.num),
-        QuestionType::Date => span.iter().any(|t| t.date),
+        // A quantity starts with its number ("0", "$5 million", "330
+        // metres"), never with the words before it ("therefore 0").
+        QuestionType::Number => span[0].num,
+        QuestionType::Date => span.iter().any(|t| t.date) && (span[0].date || span[0].num),
         QuestionType::Person | QuestionType::Place => {
             // "Guido van Rossum", "Leonardo da Vinci".
             let particle = |t: &Tok| NAME_PARTICLES.contains(&t.core.as_str());
@@ -886,6 +888,21 @@ mod tests {
         ] {
             assert_eq!(question_type(q), t, "{q}");
         }
+    }
+
+    #[test]
+    fn a_quantity_starts_with_its_number() {
+        let sources = vec![src(
+            1,
+            "Compiling in development should be fast, so the default opt-level \
+             for the dev profile is therefore 0.",
+        )];
+        let a = ExtractiveGenerator::new().answer(
+            "What is the default opt-level for the dev profile?",
+            &sources,
+            64,
+        );
+        assert_eq!(a, "0 [1]");
     }
 
     #[test]
