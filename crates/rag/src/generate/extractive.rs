@@ -622,17 +622,17 @@ fn best_span(
     ) {
         return None;
     }
-    let q: HashSet<&str> = q_terms.iter().map(String::as_str).collect();
-    let q_weight: f64 = q_terms.iter().map(|t| idf_of(idf, t)).sum();
-    // "How many fumbles …": the count stands right before the counted noun.
-    let counted: Option<String> = counted_noun(question);
-    // A year answers "how many/much" only when the question is about years.
-    let years_wanted = question.to_lowercase().contains("year");
-    let env_var = qtype == QuestionType::Identifier
-        && question.to_lowercase().contains("environment variable");
+    let lower = question.to_lowercase();
+    let wants = SpanWants {
+        qtype,
+        q: q_terms.iter().map(String::as_str).collect(),
+        q_weight: q_terms.iter().map(|t| idf_of(idf, t)).sum(),
+        counted: counted_noun(question),
+        years_wanted: lower.contains("year"),
+        env_var: qtype == QuestionType::Identifier && lower.contains("environment variable"),
+    };
     let top = cands[ranked[0]].score;
     let max_len = match qtype {
-        QuestionType::Entity => 5,
         QuestionType::Number | QuestionType::Date => 4,
         _ => 5,
     };
@@ -652,111 +652,22 @@ fn best_span(
         let matches: Vec<(usize, f64)> = toks
             .iter()
             .enumerate()
-            .filter(|(_, t)| q.contains(t.stem.as_str()))
+            .filter(|(_, t)| wants.q.contains(t.stem.as_str()))
             .map(|(i, t)| (i, idf_of(idf, &t.stem)))
             .collect();
         for i in 0..toks.len() {
-            if toks[i].stop || q.contains(toks[i].stem.as_str()) {
+            if toks[i].stop || wants.q.contains(toks[i].stem.as_str()) {
                 continue;
             }
             for j in i..toks.len().min(i + max_len) {
-                // "May 21, 2013": a day's comma does not end a date.
-                let day_comma = qtype == QuestionType::Date
-                    && j > i
-                    && toks[j].date
-                    && toks[j - 1].core.len() <= 2
-                    && toks[j - 1].core.chars().all(|c| c.is_ascii_digit());
-                if j > i && toks[j - 1].brk_after && !day_comma {
-                    break;
+                match wants.extent(&toks, i, j) {
+                    Extent::Stop => break,
+                    Extent::Grow => continue,
+                    Extent::Whole => {}
                 }
-                if q.contains(toks[j].stem.as_str()) {
-                    break;
-                }
-                if toks[j].stop {
-                    continue;
-                }
-                let span = &toks[i..=j];
-                if !type_ok(qtype, span) {
-                    continue;
-                }
-                // Environment variables are written in capitals by convention.
-                if env_var && !span[0].core.chars().all(|c| !c.is_lowercase()) {
-                    continue;
-                }
-                // A name is taken whole: "Roger Goodell", not "Roger".
-                // A date is taken whole: "May 21, 2013", not "2013".
-                if qtype == QuestionType::Date {
-                    let part = |t: &Tok| t.date || t.num;
-                    if i > 0 && part(&toks[i - 1]) && !toks[i - 1].brk_after {
-                        break;
-                    }
-                    let next_day_comma = j + 2 < toks.len()
-                        && toks[j].core.len() <= 2
-                        && toks[j].core.chars().all(|c| c.is_ascii_digit())
-                        && toks[j + 1].date;
-                    if j + 1 < toks.len()
-                        && part(&toks[j + 1])
-                        && (!toks[j].brk_after || next_day_comma)
-                    {
-                        continue;
-                    }
-                }
-                // A quantity is taken whole: "$5 million", not "million".
-                if qtype == QuestionType::Number {
-                    if i > 0 && toks[i - 1].num && !toks[i - 1].brk_after {
-                        break;
-                    }
-                    if j + 1 < toks.len() && toks[j + 1].num && !toks[j].brk_after {
-                        continue;
-                    }
-                }
-                if matches!(qtype, QuestionType::Person | QuestionType::Place) {
-                    let joins = |a: &Tok, b: &Tok| {
-                        !a.brk_after && b.cap && !b.stop && !q.contains(b.stem.as_str())
-                    };
-                    if i > 0 && toks[i - 1].cap && joins(&toks[i - 1], &toks[i]) && i > 1 {
-                        break;
-                    }
-                    // "Rossum" of "Guido van Rossum".
-                    let particle = |t: &Tok| NAME_PARTICLES.contains(&t.core.as_str());
-                    if i >= 2
-                        && particle(&toks[i - 1])
-                        && toks[i - 2].cap
-                        && !toks[i - 2].brk_after
-                        && !toks[i - 1].brk_after
-                    {
-                        break;
-                    }
-                    if j + 1 < toks.len() && joins(&toks[j], &toks[j + 1]) {
-                        continue;
-                    }
-                }
-                let prox: f64 = matches
-                    .iter()
-                    .map(|&(p, w)| {
-                        let d = if p < i { i - p } else { p - j };
-                        w / d as f64
-                    })
-                    .sum::<f64>()
-                    / q_weight;
-                let len_pen = 0.04 * (j - i) as f64;
-                let mut score = c.score / top + prox - len_pen;
-                if qtype == QuestionType::Number {
-                    let before_counted = counted.as_deref().is_some_and(|n| {
-                        toks[j + 1..]
-                            .iter()
-                            .take(2)
-                            .any(|t| t.stem == n || t.stem.starts_with(n))
-                    });
-                    if before_counted {
-                        score += 1.0;
-                    }
-                    if !years_wanted && span.iter().all(|t| t.date || t.stop) {
-                        score -= 0.5;
-                    }
-                }
+                let score = c.score / top + wants.score(&toks, &matches, i, j);
                 if best.as_ref().is_none_or(|b| score > b.0) {
-                    let text = span
+                    let text = toks[i..=j]
                         .iter()
                         .map(|t| t.core.as_str())
                         .collect::<Vec<_>>()
@@ -767,6 +678,130 @@ fn best_span(
         }
     }
     best.filter(|b| b.0 > 0.0).map(|(_, s, n)| (s, n))
+}
+
+/// What a typed question wants of a span, fixed for one search.
+struct SpanWants<'a> {
+    qtype: QuestionType,
+    /// The question's term stems.
+    q: HashSet<&'a str>,
+    /// Their summed IDF.
+    q_weight: f64,
+    /// "How many fumbles …": the count stands right before the counted noun.
+    counted: Option<String>,
+    /// A year answers "how many/much" only when the question is about years.
+    years_wanted: bool,
+    /// Environment variables are written in capitals by convention.
+    env_var: bool,
+}
+
+/// Whether `toks[i..=j]` is a span to score.
+enum Extent {
+    /// No span starting at `i` and ending at `j` or later is.
+    Stop,
+    /// Not this one; a longer one may be (a name, date or quantity goes on).
+    Grow,
+    /// A whole span of the wanted type.
+    Whole,
+}
+
+impl SpanWants<'_> {
+    fn extent(&self, toks: &[Tok], i: usize, j: usize) -> Extent {
+        let qtype = self.qtype;
+        // "May 21, 2013": a day's comma does not end a date.
+        let day = |t: &Tok| t.core.len() <= 2 && t.core.chars().all(|c| c.is_ascii_digit());
+        let day_comma = qtype == QuestionType::Date && j > i && toks[j].date && day(&toks[j - 1]);
+        if j > i && toks[j - 1].brk_after && !day_comma {
+            return Extent::Stop;
+        }
+        if self.q.contains(toks[j].stem.as_str()) {
+            return Extent::Stop;
+        }
+        let span = &toks[i..=j];
+        if toks[j].stop || !type_ok(qtype, span) {
+            return Extent::Grow;
+        }
+        if self.env_var && span[0].core.chars().any(char::is_lowercase) {
+            return Extent::Grow;
+        }
+        let next = toks.get(j + 1);
+        match qtype {
+            // A date is taken whole: "May 21, 2013", not "2013".
+            QuestionType::Date => {
+                let part = |t: &Tok| t.date || t.num;
+                if i > 0 && part(&toks[i - 1]) && !toks[i - 1].brk_after {
+                    return Extent::Stop;
+                }
+                let next_day_comma = j + 2 < toks.len() && day(&toks[j]) && toks[j + 1].date;
+                if next.is_some_and(|n| part(n) && (!toks[j].brk_after || next_day_comma)) {
+                    return Extent::Grow;
+                }
+            }
+            // A quantity is taken whole: "$5 million", not "million".
+            QuestionType::Number => {
+                if i > 0 && toks[i - 1].num && !toks[i - 1].brk_after {
+                    return Extent::Stop;
+                }
+                if next.is_some_and(|n| n.num && !toks[j].brk_after) {
+                    return Extent::Grow;
+                }
+            }
+            // A name is taken whole: "Roger Goodell", not "Roger".
+            QuestionType::Person | QuestionType::Place => {
+                let joins = |a: &Tok, b: &Tok| {
+                    !a.brk_after && b.cap && !b.stop && !self.q.contains(b.stem.as_str())
+                };
+                if i > 1 && toks[i - 1].cap && joins(&toks[i - 1], &toks[i]) {
+                    return Extent::Stop;
+                }
+                // "Rossum" of "Guido van Rossum".
+                let particle = |t: &Tok| NAME_PARTICLES.contains(&t.core.as_str());
+                if i >= 2
+                    && particle(&toks[i - 1])
+                    && toks[i - 2].cap
+                    && !toks[i - 2].brk_after
+                    && !toks[i - 1].brk_after
+                {
+                    return Extent::Stop;
+                }
+                if next.is_some_and(|n| joins(&toks[j], n)) {
+                    return Extent::Grow;
+                }
+            }
+            _ => {}
+        }
+        Extent::Whole
+    }
+
+    /// The span's score beside its unit's: closeness to the question's
+    /// words (IDF-weighted), a small length penalty, and the quantity cues.
+    fn score(&self, toks: &[Tok], matches: &[(usize, f64)], i: usize, j: usize) -> f64 {
+        let prox: f64 = matches
+            .iter()
+            .map(|&(p, w)| {
+                // Matches are outside the span (it stops at question words).
+                let d = if p < i { i - p } else { p - j };
+                w / d.max(1) as f64
+            })
+            .sum::<f64>()
+            / self.q_weight;
+        let mut score = prox - 0.04 * (j - i) as f64;
+        if self.qtype == QuestionType::Number {
+            let before_counted = self.counted.as_deref().is_some_and(|n| {
+                toks[j + 1..]
+                    .iter()
+                    .take(2)
+                    .any(|t| t.stem == n || t.stem.starts_with(n))
+            });
+            if before_counted {
+                score += 1.0;
+            }
+            if !self.years_wanted && toks[i..=j].iter().all(|t| t.date || t.stop) {
+                score -= 0.5;
+            }
+        }
+        score
+    }
 }
 
 /// The noun a "how many" question counts: the stem of the word after
