@@ -5,8 +5,6 @@
 //! with [`attribute`] too, so the product and the metric agree.
 use std::collections::{HashMap, HashSet};
 
-use serde::{Deserialize, Serialize};
-
 use crate::generate::extractive::terms;
 use crate::generate::segment::{segment, UnitKind};
 use crate::generate::Source;
@@ -15,55 +13,9 @@ use crate::prompt::cited_numbers;
 /// What every generator answers when retrieval found nothing relevant.
 pub use crate::generate::extractive::NO_ANSWER;
 
-/// The evidence retrieval found for a question, independent of how the hits
-/// were ranked or fused (so it stays comparable when fusion changes).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Relevance {
-    /// Cosine similarity of the question to the closest chunk in the vector
-    /// index (within the request's collection/filter); `None` in lexical mode.
-    pub cosine: Option<f32>,
-    /// The largest IDF-weighted query-term coverage among the hits (share of
-    /// the question's BM25 IDF weight a hit's text contains, 0–1).
-    pub coverage: f32,
-    /// The score compared with the threshold: the mean of `cosine` and
-    /// `coverage` (just `coverage` without a cosine).
-    pub score: f32,
-    /// The threshold in force (`[chat] min_relevance`).
-    pub threshold: f32,
-    /// `score < threshold`: the engine answered [`NO_ANSWER`] and called no
-    /// generator.
-    pub abstained: bool,
-}
-
-impl Relevance {
-    pub fn new(cosine: Option<f32>, coverage: f32, threshold: f32) -> Self {
-        let score = match cosine {
-            Some(c) => (c + coverage) / 2.0,
-            None => coverage,
-        };
-        Self {
-            cosine,
-            coverage,
-            score,
-            threshold,
-            abstained: score < threshold,
-        }
-    }
-}
-
-/// Which sources support one sentence of an answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SentenceAttribution {
-    /// The sentence without its markers.
-    pub sentence: String,
-    /// Source numbers (`[n]`) that support it, best first; empty when none does.
-    pub sources: Vec<usize>,
-    /// Support by the best source: the share of the sentence's IDF-weighted
-    /// content terms found in it (0–1).
-    pub support: f32,
-    /// `support >= min_support`, or a sentence with no content words.
-    pub supported: bool,
-}
+/// The relevance test's evidence and a sentence's attribution are plain
+/// data of the run snapshot, defined with it in [`crate::api`].
+pub use crate::api::{Relevance, SentenceAttribution};
 
 /// An answer after attribution.
 #[derive(Debug, Clone, PartialEq)]

@@ -93,3 +93,9 @@ impl std::fmt::Display for Format {
         f.write_str(self.as_str())
     }
 }
+
+/// What a format reader produced: whole-file failure (outer `Err`), or one
+/// result per document (JSON Lines has one per line). Reasons are plain
+/// strings; the loader turns them into `RagError::Load` naming the file.
+pub(super) type Parsed =
+    std::result::Result<Vec<std::result::Result<crate::types::NewDocument, String>>, String>;

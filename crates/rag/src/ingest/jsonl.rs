@@ -5,7 +5,7 @@
 //! A bad line is an error naming its line number; the other lines still load.
 use serde_json::Value;
 
-use super::loader::Parsed;
+use super::formats::Parsed;
 use crate::types::NewDocument;
 
 pub(super) fn parse(text: &str) -> Parsed {

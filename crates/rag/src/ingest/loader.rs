@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::formats::Format;
+use super::formats::{Format, Parsed};
 use super::{docx, html, jsonl, pdf};
 use crate::types::{Metadata, NewDocument};
 use crate::{RagError, Result};
@@ -34,11 +34,6 @@ pub struct LoadOptions {
     /// given. JSON Lines documents without an id get `SOURCE#LINE`.
     pub source: Option<String>,
 }
-
-/// What a format reader produced: whole-file failure (outer `Err`), or one
-/// result per document (JSON Lines has one per line). Reasons are plain
-/// strings; [`finish`] turns them into [`RagError::Load`] naming the file.
-pub(super) type Parsed = std::result::Result<Vec<std::result::Result<NewDocument, String>>, String>;
 
 /// Load a file (one document, or one per line for JSON Lines) or a directory
 /// (recursively, in name order; hidden entries skipped). One result per
