@@ -60,7 +60,7 @@ start_node() { # i
   local i=$1
   "$RAGFLEET" node --listen "127.0.0.1:${node_port[$i]}" --data "$tmp/node-$i" \
     --models "$MODELS" --node-id "node-$i" --store-url "sqlite://$tmp/store.db" \
-    >>"$tmp/node-$i.log" 2>&1 &
+    --no-auth >>"$tmp/node-$i.log" 2>&1 &
   node_pid[$i]=$!
 }
 

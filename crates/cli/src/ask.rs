@@ -28,6 +28,8 @@ pub struct Args {
     /// Print the raw events as JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub key: crate::admin::KeyArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -76,7 +78,7 @@ async fn ask(args: Args) -> anyhow::Result<()> {
     if let Some(k) = args.top_k {
         body["top_k"] = json!(k);
     }
-    let client = reqwest::Client::new();
+    let client = args.key.client()?;
     let resp = client
         .post(format!("{base}/api/v1/chat"))
         .header("accept", "text/event-stream")

@@ -38,6 +38,8 @@ pub struct Args {
     /// No progress bar (e.g. in scripts); the summary is still printed.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub key: crate::admin::KeyArgs,
 }
 
 /// What happened to one file.
@@ -274,7 +276,7 @@ async fn ingest_remote(
     bar: &ProgressBar,
 ) -> anyhow::Result<Summary> {
     let base = url.trim_end_matches('/').to_string();
-    let client = reqwest::Client::new();
+    let client = args.key.client()?;
     // Fail fast with one clear message when the node is not there.
     client
         .get(format!("{base}/health"))

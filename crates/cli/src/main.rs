@@ -2,6 +2,7 @@
 //! owns its flags (`Args`) and its entry point (`run`).
 use clap::{Parser, Subcommand};
 
+mod admin;
 mod ask;
 mod cpu;
 mod eval;
@@ -44,6 +45,8 @@ enum Command {
     Ask(ask::Args),
     /// Evaluate retrieval (BEIR layout) and answer quality (SQuAD v1.1).
     Eval(eval::Args),
+    /// Manage users, API keys and grants (on a running node or a store).
+    Admin(admin::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ingest(a) => ingest::run(a),
         Command::Ask(a) => ask::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Admin(a) => admin::run(a),
     };
     match result {
         // The reader of our output went away (`… | head -1`): it has what

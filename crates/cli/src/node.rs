@@ -67,6 +67,10 @@ pub struct Args {
     /// After SIGTERM, how long in-flight answers may take to finish (ms).
     #[arg(long, env = "RAGFLEET_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
+    /// Turn authentication off: every request acts as the `anonymous`
+    /// admin. For experiments only; the node says so loudly.
+    #[arg(long, env = "RAGFLEET_NO_AUTH")]
+    pub no_auth: bool,
     /// Print the effective configuration (TOML) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -137,6 +141,9 @@ impl Args {
         if let Some(v) = self.drain_timeout_ms {
             cfg.shutdown.grace_ms = v;
         }
+        if self.no_auth {
+            cfg.auth.enabled = false;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -172,10 +179,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let auth = cfg.auth.enabled;
     rt.block_on(async move {
         let node = ragfleet_node::Node::bind(cfg).await?;
         let addr = node.local_addr();
         eprintln!("ragfleet node on http://{addr}/  (API http://{addr}/api/v1, docs http://{addr}/api/v1/docs, metrics http://{addr}/metrics)");
+        if !auth {
+            eprintln!("ragfleet node: WARNING: --no-auth: the node is OPEN; anyone who reaches it is an admin");
+        }
         node.run(ragfleet_node::shutdown_signal()).await?;
         Ok(())
     })

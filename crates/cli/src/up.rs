@@ -90,6 +90,10 @@ pub struct Args {
     /// Seconds to wait for the cluster to become ready.
     #[arg(long, default_value_t = 300)]
     pub ready_timeout: u64,
+    /// Run the nodes without authentication (every request is the
+    /// `anonymous` admin). For experiments only.
+    #[arg(long)]
+    pub no_auth: bool,
 }
 
 /// One child process and how to start it again.
@@ -457,6 +461,28 @@ async fn up(args: Args) -> anyhow::Result<()> {
         }
     };
 
+    if args.no_auth {
+        eprintln!("ragfleet up: WARNING: --no-auth: the cluster is OPEN; anyone who reaches it is an admin");
+    } else {
+        // The admin key, once, before any node starts; the nodes find the
+        // admin in the shared store and create none.
+        let cfg = ragfleet_rag::StoreConfig {
+            url: Some(store_url.clone()),
+            ..Default::default()
+        };
+        let store = ragfleet_rag::store::open(&cfg, data)
+            .await
+            .with_context(|| {
+                format!(
+                    "opening the store {}",
+                    ragfleet_rag::store::redact_url(&store_url)
+                )
+            })?;
+        ragfleet_node::auth::bootstrap(store.as_ref(), data)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+
     let mut node_addrs = Vec::new();
     for i in 0..args.nodes {
         let port = match args.node_port {
@@ -526,6 +552,9 @@ async fn up(args: Args) -> anyhow::Result<()> {
         if !args.etcd.is_empty() {
             push("--etcd", args.etcd.join(",").into());
         }
+        if args.no_auth {
+            a.push("--no-auth".into());
+        }
         children.push(Child {
             log: data.join("logs").join(format!("{name}.log")),
             name,
@@ -562,7 +591,7 @@ async fn up(args: Args) -> anyhow::Result<()> {
     };
     let result = match result {
         Ok(()) => {
-            print_urls(gw_addr, &node_addrs, data);
+            print_urls(gw_addr, &node_addrs, data, args.no_auth);
             supervise(&exe, &mut children, &args, &mut shutdown).await
         }
         Err(e) => Err(e),
@@ -678,17 +707,25 @@ async fn wait_ready(
     }
 }
 
-fn print_urls(gw_addr: SocketAddr, nodes: &[SocketAddr], data: &Path) {
+fn print_urls(gw_addr: SocketAddr, nodes: &[SocketAddr], data: &Path, no_auth: bool) {
     use std::io::Write;
     let gw = format!("http://{gw_addr}");
     let metrics: Vec<String> = nodes
         .iter()
         .map(|a| format!("http://{a}/metrics"))
         .collect();
+    let admin = if no_auth {
+        String::new()
+    } else {
+        format!(
+            "  admin key {} (ragfleet ask/ingest/admin read it from there)\n",
+            data.join("admin.key").display()
+        )
+    };
     let text = format!(
         "ragfleet up: ready — {} nodes behind the gateway\n  page     {gw}/\n  \
          API      {gw}/api/v1   (docs {gw}/api/v1/docs, OpenAI-compatible {gw}/v1)\n  \
-         metrics  {}\n  logs     {}\nCtrl-C stops everything.\n",
+         metrics  {}\n  logs     {}\n{admin}Ctrl-C stops everything.\n",
         nodes.len(),
         metrics.join(" "),
         data.join("logs").display()

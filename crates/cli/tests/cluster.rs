@@ -171,6 +171,9 @@ impl NodeProc {
             id.into(),
             "--store-url".into(),
             store_url.into(),
+            // These tests are about replication and failover; auth has its
+            // own tests (crates/node/tests/auth.rs, the `up` tests below).
+            "--no-auth".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::spawn(id, BIN, args, dir.join(format!("{id}.log")));
@@ -210,6 +213,21 @@ async fn wait_ready(http: &reqwest::Client, base: &str, what: &str, logs: impl F
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A client sending the admin key `up` wrote into `data`.
+fn client_with_key_file(data: &Path) -> reqwest::Client {
+    let key = std::fs::read_to_string(data.join("admin.key")).expect("up wrote admin.key");
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", key.trim()).parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .default_headers(h)
+        .build()
+        .unwrap()
 }
 
 fn client() -> reqwest::Client {
@@ -1342,7 +1360,7 @@ fn ragfleet_up_with_etcd_routes_to_the_registered_nodes() {
             assert_ne!(lease, 0);
         }
         // Both nodes answer through the gateway.
-        let http = client();
+        let http = client_with_key_file(&dir.path().join("data"));
         let gw = format!("http://127.0.0.1:{port}");
         let mut seen = std::collections::BTreeSet::new();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -1402,7 +1420,7 @@ fn ragfleet_up_serves_and_stops_on_sigint() {
             .collect();
         assert_eq!(node_urls.len(), 2, "{text}");
 
-        let http = client();
+        let http = client_with_key_file(&dir.path().join("data"));
         let (s, v) = post(
             &http,
             &format!("{gw}/api/v1/documents"),

@@ -24,6 +24,7 @@ fn ragfleet() -> Command {
         "RAGFLEET_LISTEN",
         "RAGFLEET_DATA",
         "RAGFLEET_GENERATOR",
+        "RAGFLEET_API_KEY",
     ] {
         c.env_remove(v);
     }
@@ -191,6 +192,8 @@ fn ingest_direct_then_node_serves_and_ask_cites() {
 
     let node = start_node(&data, &config);
     let out = ragfleet()
+        // The node wrote its admin key there; ask reads it from $RAGFLEET_DATA.
+        .env("RAGFLEET_DATA", &data)
         .args([
             "ask",
             "--url",
@@ -214,6 +217,8 @@ fn ingest_direct_then_node_serves_and_ask_cites() {
 
     // The JSON Lines documents kept their ids and are searchable too.
     let out = ragfleet()
+        // The node wrote its admin key there; ask reads it from $RAGFLEET_DATA.
+        .env("RAGFLEET_DATA", &data)
         .args([
             "ask",
             "--json",
@@ -298,6 +303,132 @@ fn ingest_direct_bad_input_names_the_file() {
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--url"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ragfleet admin` directly on a data directory (no node), then against
+/// the node serving it with the admin key read from `$RAGFLEET_DATA`;
+/// `ask` with a user's key until it is revoked.
+#[test]
+fn admin_cli_on_a_data_dir_and_on_a_running_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("node.toml");
+    std::fs::write(&config, "[local]\nenabled = false\n").unwrap();
+    let json = |out: &std::process::Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let out = ragfleet()
+        .current_dir(tmp.path())
+        .args(["admin", "--data"])
+        .arg(&data)
+        .args([
+            "user",
+            "add",
+            "alice",
+            "--role",
+            "reader",
+            "--collection",
+            "docs",
+        ])
+        .output()
+        .unwrap();
+    let user = json(&out);
+    assert_eq!(user["name"], "alice");
+    assert_eq!(user["grants"], serde_json::json!(["docs"]));
+    // The new store got its admin key, private.
+    let key_file = data.join("admin.key");
+    let admin_key = std::fs::read_to_string(&key_file).unwrap();
+    assert!(admin_key.starts_with("rf_"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let out = ragfleet()
+        .args(["admin", "--data"])
+        .arg(&data)
+        .args(["key", "create", "--user", "alice", "--role", "reader"])
+        .args(["--collection", "docs", "--expires", "30d"])
+        .output()
+        .unwrap();
+    let created = json(&out);
+    let alice_key = created["key"].as_str().unwrap().to_string();
+    let key_id = created["record"]["id"].as_str().unwrap().to_string();
+    assert!(created["record"]["expires_at"].is_string(), "{created}");
+    // A key wider than its owner is refused with a message.
+    let out = ragfleet()
+        .args(["admin", "--data"])
+        .arg(&data)
+        .args(["key", "create", "--user", "alice", "--role", "admin"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("owner's role"));
+
+    let node = start_node(&data, &config);
+    // Against the node, with the admin key from $RAGFLEET_DATA/admin.key.
+    let out = ragfleet()
+        .env("RAGFLEET_DATA", &data)
+        .args([
+            "admin", "--url", &node.base, "key", "list", "--user", "alice",
+        ])
+        .output()
+        .unwrap();
+    let listed = json(&out);
+    assert_eq!(listed["keys"][0]["id"], key_id.as_str());
+    assert!(!listed.to_string().contains(&alice_key));
+    let out = ragfleet()
+        .env("RAGFLEET_DATA", &data)
+        .args(["admin", "--url", &node.base, "grant", "alice", "faq"])
+        .output()
+        .unwrap();
+    assert_eq!(json(&out)["grants"], serde_json::json!(["docs", "faq"]));
+    // ask with alice's key works; without a key it is refused (cwd has no data/).
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let ask = |key: Option<&str>| {
+        let mut c = ragfleet();
+        c.current_dir(&elsewhere)
+            .args(["ask", "--url", &node.base, "hello?"]);
+        if let Some(k) = key {
+            c.env("RAGFLEET_API_KEY", k);
+        }
+        c.output().unwrap()
+    };
+    let out = ask(Some(&alice_key));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ask(None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Revoked over HTTP: refused from then on.
+    let out = ragfleet()
+        .env("RAGFLEET_DATA", &data)
+        .args(["admin", "--url", &node.base, "key", "revoke", &key_id])
+        .output()
+        .unwrap();
+    json(&out);
+    let out = ask(Some(&alice_key));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("revoked"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

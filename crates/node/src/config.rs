@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub streams: StreamsConfig,
     /// Cluster membership: node id, advertised address, etcd registration.
     pub cluster: ClusterConfig,
+    /// Authentication and authorization of every data route.
+    pub auth: AuthConfig,
 }
 
 impl Default for NodeConfig {
@@ -80,6 +82,43 @@ impl Default for NodeConfig {
             redis: RedisConfig::default(),
             streams: StreamsConfig::default(),
             cluster: ClusterConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// `[auth]`: who may call the data routes (`/api/v1/*`, `/v1/*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require credentials (an API key or a session). `false` (`--no-auth`):
+    /// every request acts as the built-in `anonymous` admin.
+    pub enabled: bool,
+    /// How long a verified key or session is trusted without asking the
+    /// store again (at most 1000: a revoked key is refused within this).
+    pub cache_ttl_ms: u64,
+    /// Lifetime of a web-page login session.
+    pub session_ttl_s: u64,
+    /// Failed logins allowed per user and per client address in
+    /// `login_window_s` before further attempts get 429.
+    pub max_failed_logins: u32,
+    pub login_window_s: u64,
+    /// Secret shared with the gateway: a request's `X-Ragfleet-Principal`
+    /// is trusted only with a valid HMAC made with it; otherwise the header
+    /// is stripped. Empty: never trusted. Never printed.
+    #[serde(skip_serializing)]
+    pub gateway_secret: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cache_ttl_ms: 1000,
+            session_ttl_s: 12 * 3600,
+            max_failed_logins: 5,
+            login_window_s: 300,
+            gateway_secret: String::new(),
         }
     }
 }
@@ -565,6 +604,17 @@ impl NodeConfig {
                 "generation.no_repeat_ngram must be 0 (off) or between 2 and 64, not {}",
                 g.no_repeat_ngram
             )));
+        }
+        if self.auth.cache_ttl_ms > 1000 {
+            return Err(ConfigError::Invalid(
+                "auth.cache_ttl_ms must be at most 1000 (revoked keys must stop working within it)"
+                    .into(),
+            ));
+        }
+        if self.auth.session_ttl_s == 0 || self.auth.login_window_s == 0 {
+            return Err(ConfigError::Invalid(
+                "auth.session_ttl_s and auth.login_window_s must be >= 1".into(),
+            ));
         }
         if self.generator == GeneratorKind::Openai && !self.openai.is_configured() {
             return Err(ConfigError::Invalid(

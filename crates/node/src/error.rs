@@ -15,6 +15,10 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, sent as `Retry-After` (429/503).
     pub retry_after: Option<u64>,
+    /// Sent as `WWW-Authenticate` (401).
+    pub www_authenticate: Option<&'static str>,
+    /// OpenAI's error shape (`/v1/*`): `{"error":{"message","type","param","code"}}`.
+    pub openai: bool,
 }
 
 /// The JSON body of every error response.
@@ -38,6 +42,41 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            www_authenticate: None,
+            openai: false,
+        }
+    }
+    /// 401: no credentials, or credentials that are not valid.
+    pub fn unauthorized(message: impl Into<String>, invalid_token: bool) -> Self {
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        e.www_authenticate = Some(if invalid_token {
+            "Bearer realm=\"ragfleet\", error=\"invalid_token\""
+        } else {
+            "Bearer realm=\"ragfleet\""
+        });
+        e
+    }
+    /// 403: authenticated, but outside the principal's role or grants.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    /// The same error in OpenAI's shape (for `/v1/*`).
+    pub fn openai(mut self) -> Self {
+        self.openai = true;
+        self
+    }
+    /// OpenAI's `type` for this status.
+    fn openai_type(&self) -> &'static str {
+        match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            s if s.is_server_error() => "server_error",
+            _ => "invalid_request_error",
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -123,7 +162,18 @@ impl IntoResponse for ApiError {
         } else if self.status.is_server_error() {
             tracing::warn!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
         }
-        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        let mut resp = if self.openai {
+            let body = serde_json::json!({"error": {
+                "message": self.message, "type": self.openai_type(), "param": null, "code": self.code,
+            }});
+            (self.status, axum::Json(body)).into_response()
+        } else {
+            (self.status, axum::Json(self.body())).into_response()
+        };
+        if let Some(v) = self.www_authenticate {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(v));
+        }
         if let Some(secs) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -195,6 +245,7 @@ impl From<ragfleet_rag::RagError> for ApiError {
             E::Load { .. } => Self::invalid(err.to_string()),
             E::Unsupported(m) => Self::unsupported_media(format!("unsupported format: {m}")),
             E::NotFound(m) => Self::not_found(format!("not found: {m}")),
+            E::Conflict(m) => Self::conflict(m),
             E::Upstream(m) => Self::new(StatusCode::BAD_GATEWAY, "upstream", m),
             E::Cancelled => Self::new(StatusCode::SERVICE_UNAVAILABLE, "cancelled", "cancelled"),
             // The store is down or restarting: the client (or the gateway) may

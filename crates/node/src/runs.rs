@@ -88,6 +88,8 @@ impl BufferedEvent {
 /// An answer in this node's memory.
 pub struct LocalRun {
     pub run_id: String,
+    /// The principal whose answer this is (only they, or an admin, resume it).
+    pub principal: String,
     events: Mutex<Vec<BufferedEvent>>,
     /// (events buffered, finished)
     progress: watch::Sender<(usize, bool)>,
@@ -95,9 +97,10 @@ pub struct LocalRun {
 }
 
 impl LocalRun {
-    fn new(run_id: String) -> Self {
+    fn new(run_id: String, principal: String) -> Self {
         Self {
             run_id,
+            principal,
             events: Mutex::new(Vec::new()),
             progress: watch::channel((0, false)).0,
             readers: AtomicUsize::new(0),
@@ -197,6 +200,9 @@ impl RedisRuns {
     fn readers_key(&self, run_id: &str) -> String {
         format!("{}run:{run_id}:readers", self.prefix)
     }
+    fn principal_key(&self, run_id: &str) -> String {
+        format!("{}run:{run_id}:principal", self.prefix)
+    }
 
     async fn exists(&self, key: &str) -> Result<bool, redis::RedisError> {
         let mut c = self.conn().await?;
@@ -293,10 +299,11 @@ impl RunHub {
     pub fn spawn(
         self: &Arc<Self>,
         run_id: String,
+        principal: String,
         first: ChatEvent,
         rest: BoxStream<'static, ChatEvent>,
     ) -> (Arc<LocalRun>, BoxStream<'static, BufferedEvent>) {
-        let run = Arc::new(LocalRun::new(run_id.clone()));
+        let run = Arc::new(LocalRun::new(run_id.clone(), principal.clone()));
         let reader = run.subscribe(0);
         self.lock_runs().insert(run_id.clone(), run.clone());
         let writer = self.redis.as_ref().map(|r| {
@@ -305,7 +312,7 @@ impl RunHub {
                 r.clone(),
                 self.cfg.clone(),
                 self.node_id().to_string(),
-                run_id.clone(),
+                (run_id.clone(), principal.clone()),
                 rx,
             ));
             tx
@@ -325,10 +332,15 @@ impl RunHub {
         self: &Arc<Self>,
         run_id: &str,
         after: Option<u64>,
+        principal: &crate::auth::Principal,
         shutdown: CancellationToken,
     ) -> ApiResult<Option<(&'static str, BoxStream<'static, BufferedEvent>)>> {
         let from = after.map(|a| a.saturating_add(1)).unwrap_or(0);
         if let Some(run) = self.local(run_id) {
+            // Another user's answer is as unknown as a missing one.
+            if !principal.owns(&run.principal) {
+                return Ok(None);
+            }
             return Ok(Some(("local", run.subscribe(from))));
         }
         let Some(redis) = &self.redis else {
@@ -344,6 +356,17 @@ impl RunHub {
             .retry_after(1)
         })?;
         if !exists {
+            return Ok(None);
+        }
+        let owner: Option<String> = match redis.conn().await {
+            Ok(mut c) => redis::cmd("GET")
+                .arg(redis.principal_key(run_id))
+                .query_async(&mut c)
+                .await
+                .unwrap_or(None),
+            Err(_) => None,
+        };
+        if !owner.is_some_and(|o| principal.owns(&o)) {
             return Ok(None);
         }
         let s = redis_reader(
@@ -443,11 +466,12 @@ async fn redis_writer(
     r: Arc<RedisRuns>,
     cfg: StreamsConfig,
     node_id: String,
-    run_id: String,
+    (run_id, principal): (String, String),
     mut rx: mpsc::UnboundedReceiver<BufferedEvent>,
 ) {
     let events_key = r.events_key(&run_id);
     let owner_key = r.owner_key(&run_id);
+    let principal_key = r.principal_key(&run_id);
     let owner_ttl = cfg.owner_ttl_ms;
     let mut refresh = tokio::time::interval(Duration::from_millis((owner_ttl / 3).max(100)));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -458,6 +482,8 @@ async fn redis_writer(
             msg = rx.recv() => {
                 let Some(first) = msg else { break };
                 pipe.cmd("SET").arg(&owner_key).arg(&node_id).arg("PX").arg(owner_ttl).ignore();
+                // Before the events: a resume that finds them finds their owner.
+                pipe.cmd("SET").arg(&principal_key).arg(&principal).arg("EX").arg(cfg.ttl_s).ignore();
                 let mut batch = vec![first];
                 while let Ok(more) = rx.try_recv() {
                     batch.push(more);
@@ -663,6 +689,7 @@ pub fn sse_events(events: BoxStream<'static, BufferedEvent>) -> Response {
         (status = 503, body = crate::error::ErrorBody)))]
 pub async fn resume(
     State(state): State<SharedState>,
+    axum::extract::Extension(principal): axum::extract::Extension<crate::auth::Principal>,
     Path(run_id): Path<String>,
     query: Result<Query<ResumeQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
@@ -697,7 +724,7 @@ pub async fn resume(
     }
     let found = state
         .runs
-        .resume(&run_id, after, state.shutdown.clone())
+        .resume(&run_id, after, &principal, state.shutdown.clone())
         .await?;
     let Some((source, events)) = found else {
         let hint = if state.runs.has_redis() {

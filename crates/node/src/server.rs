@@ -32,6 +32,8 @@ pub enum NodeError {
     Engine(#[from] ragfleet_rag::RagError),
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("authentication: {0}")]
+    Auth(String),
 }
 
 /// Build the embedder and generators the configuration asks for, and open
@@ -103,7 +105,8 @@ pub fn router(state: SharedState) -> Router {
     let limits = &state.config.limits;
     // Every response names the node that answered (tests, debugging).
     let node_header = axum::http::HeaderValue::from_str(state.node_id()).ok();
-    let api = Router::new()
+    // Every data route needs a principal (crate::auth).
+    let data = Router::new()
         .route(
             "/documents",
             post(api::documents::create).get(api::documents::list),
@@ -127,6 +130,35 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/runs/{id}", get(api::conversations::run))
         .route("/info", get(api::ops::info))
+        .route("/me", get(api::admin::me))
+        .route("/auth/logout", post(api::admin::logout))
+        .route(
+            "/admin/users",
+            get(api::admin::list_users).post(api::admin::create_user),
+        )
+        .route(
+            "/admin/users/{name}",
+            axum::routing::patch(api::admin::update_user).delete(api::admin::delete_user),
+        )
+        .route(
+            "/admin/users/{name}/grants/{collection}",
+            axum::routing::put(api::admin::grant).delete(api::admin::revoke_grant),
+        )
+        .route(
+            "/admin/keys",
+            get(api::admin::list_keys).post(api::admin::create_key),
+        )
+        .route(
+            "/admin/keys/{id}",
+            axum::routing::delete(api::admin::revoke_key),
+        );
+    let openai = Router::new()
+        .route("/chat/completions", post(api::openai::completions))
+        .route("/models", get(api::openai::models));
+    let auth = axum::middleware::from_fn_with_state(state.clone(), crate::auth::authenticate);
+    let api = Router::new()
+        .merge(data.route_layer(auth.clone()))
+        .route("/auth/login", post(api::admin::login))
         .route("/openapi.json", get(api::openapi::spec))
         .route("/docs", get(web::docs));
     Router::new()
@@ -135,8 +167,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/health", get(api::ops::health))
         .route("/ready", get(api::ops::ready))
         .route("/metrics", get(api::ops::metrics))
-        .route("/v1/chat/completions", post(api::openai::completions))
-        .route("/v1/models", get(api::openai::models))
+        .nest("/v1", openai.route_layer(auth))
         .nest("/api/v1", api)
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::middleware::map_response(
@@ -249,8 +280,11 @@ impl Node {
         } = self;
         let app = router(state.clone());
         let stop_accepting = state.shutdown.clone();
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop_accepting.cancelled().await });
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop_accepting.cancelled().await });
         let mut server_task = tokio::spawn(async move { server.await });
         tracing::info!(%addr, node_id = state.node_id(), "node listening");
 
@@ -260,6 +294,16 @@ impl Node {
                 Some(e) => e,
                 None => open_engine(&open_state.config).await?,
             };
+            if open_state.config.auth.enabled {
+                // The first node on a new store creates the admin key.
+                crate::auth::bootstrap(engine.store().as_ref(), &open_state.config.data_dir)
+                    .await
+                    .map_err(NodeError::Auth)?;
+            } else {
+                tracing::warn!(
+                    "AUTHENTICATION IS OFF (--no-auth): anyone who can reach this node is an admin"
+                );
+            }
             // Keep the indexes in step with the changes other nodes write
             // to a shared store (LISTEN/NOTIFY on PostgreSQL, polling).
             let follower = engine.spawn_follower(open_state.config.store.poll_interval());

@@ -36,6 +36,8 @@ pub struct AppState {
     pub advertise: OnceLock<String>,
     /// Registered in etcd now (false without etcd).
     pub registered: AtomicBool,
+    /// Verified credentials (≤ 1 s) and the login throttle.
+    pub auth: crate::auth::AuthState,
 }
 
 impl AppState {
@@ -48,6 +50,7 @@ impl AppState {
         );
         let runs = RunHub::new(&config.streams, &config.redis).map_err(ConfigError::Invalid)?;
         Ok(Self {
+            auth: crate::auth::AuthState::new(&config.auth),
             runs: Arc::new(runs),
             node_id: OnceLock::new(),
             advertise: OnceLock::new(),

@@ -331,10 +331,17 @@ async fn sse_events_come_in_order() {
 async fn websocket_carries_two_questions_and_survives_a_bad_one() {
     let node = TestNode::start(|_| {}).await;
     seed(&node).await;
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{}/api/v1/chat/ws", node.addr))
-            .await
-            .unwrap();
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/api/v1/chat/ws", node.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", node.key.as_deref().unwrap())
+            .parse()
+            .unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     use tokio_tungstenite::tungstenite::Message;
 
     async fn answer(

@@ -15,6 +15,7 @@ async fn openai_python_client_stream_and_non_stream() {
     let out = tokio::process::Command::new("python3")
         .arg(script)
         .arg(&node.base)
+        .env("RAGFLEET_API_KEY", node.key.as_deref().unwrap_or(""))
         .output()
         .await
         .expect("python3");

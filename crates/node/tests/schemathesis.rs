@@ -22,6 +22,11 @@ async fn openapi_fuzzed_with_schemathesis() {
         .args(["-m", "schemathesis.cli", "run"])
         .arg(node.url("/api/v1/openapi.json"))
         .args(["--url", &node.base])
+        // Auth is on: schemathesis calls as the bootstrap admin.
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {}", node.key.as_deref().unwrap()),
+        ])
         .args([
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",

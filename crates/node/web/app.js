@@ -24,6 +24,61 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
+// ---------------------------------------------------------------- session
+// The login session is an HttpOnly cookie; state-changing requests carry
+// its CSRF token (from the login answer) in X-CSRF-Token. A 401 shows the
+// login form.
+const session = { csrf: sessionStorage.getItem("ragfleet.csrf") || "" };
+const realFetch = window.fetch.bind(window);
+window.fetch = async (input, opts = {}) => {
+  const method = (opts.method || "GET").toUpperCase();
+  if (method !== "GET" && method !== "HEAD" && session.csrf) {
+    opts.headers = Object.assign({}, opts.headers || {}, { "x-csrf-token": session.csrf });
+  }
+  const resp = await realFetch(input, opts);
+  const url = String(input);
+  if (resp.status === 401 && url.startsWith("/api/v1") && !url.includes("/auth/login")) showLogin();
+  return resp;
+};
+
+function showLogin(message) {
+  $("app").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  $("login-user").focus();
+}
+
+async function login(e) {
+  e.preventDefault();
+  const resp = await realFetch(api("/auth/login"), {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ user: $("login-user").value, password: $("login-password").value }),
+  });
+  let body = null;
+  try { body = await resp.json(); } catch (_) {}
+  if (!resp.ok) {
+    $("login-error").textContent = body && body.error ? body.error.message : `HTTP ${resp.status}`;
+    return;
+  }
+  session.csrf = body.csrf;
+  sessionStorage.setItem("ragfleet.csrf", body.csrf);
+  $("login-password").value = "";
+  $("login").hidden = true;
+  $("app").hidden = false;
+  start();
+}
+
+async function logout() {
+  await fetch(api("/auth/logout"), { method: "POST" });
+  session.csrf = "";
+  sessionStorage.removeItem("ragfleet.csrf");
+  localStorage.removeItem("ragfleet.conversation");
+  state.conversationId = null;
+  clearMessages();
+  showLogin("logged out");
+}
+
 async function getJSON(path, opts = {}) {
   const resp = await fetch(path, opts);
   let body = null;
@@ -354,6 +409,7 @@ function uploadFile(file) {
     if (coll) fd.append("collection", coll);
     const xhr = new XMLHttpRequest();
     xhr.open("POST", api("/documents"));
+    if (session.csrf) xhr.setRequestHeader("x-csrf-token", session.csrf);
     xhr.upload.onprogress = (e) => {
       if (e.lengthComputable) bar.value = Math.round((e.loaded / e.total) * 90);
     };
@@ -414,8 +470,20 @@ function init() {
     uploadFiles([...e.dataTransfer.files]);
   });
 
+  $("login").addEventListener("submit", login);
+  $("logout").addEventListener("click", logout);
   refreshStatus();
   setInterval(refreshStatus, 10000);
+  start();
+}
+
+// Who am I (401: the login form), then everything this user may see.
+async function start() {
+  const resp = await fetch(api("/me"));
+  if (!resp.ok) return;
+  const me = await resp.json();
+  $("whoami").textContent = `${me.name} (${me.role})`;
+  $("logout").hidden = me.via !== "session";
   loadInfo();
   loadDocuments();
   loadConversations().then(() => {

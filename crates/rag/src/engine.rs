@@ -905,12 +905,23 @@ impl Engine {
     // ---------------------------------------------------------------- retrieval
 
     pub async fn search(&self, q: SearchQuery) -> Result<Vec<Hit>> {
+        self.search_scoped(q, None).await
+    }
+
+    /// [`Engine::search`] among the collections of `scope` only (a
+    /// principal's grants; `None`: all). The scope filters candidates inside
+    /// both indexes, before ranking and top-k.
+    pub async fn search_scoped(
+        &self,
+        q: SearchQuery,
+        scope: Option<&[String]>,
+    ) -> Result<Vec<Hit>> {
         Ok(self
             .retrieve(
                 &q.query,
                 q.top_k,
                 q.mode,
-                q.collection.as_deref(),
+                (q.collection.as_deref(), scope),
                 &q.filter,
                 None,
             )
@@ -938,7 +949,7 @@ impl Engine {
                 &q.query,
                 q.top_k,
                 q.mode,
-                q.collection.as_deref(),
+                (q.collection.as_deref(), None),
                 &q.filter,
                 Some(query_vector),
             )
@@ -951,7 +962,7 @@ impl Engine {
         query: &str,
         top_k: usize,
         mode: RetrievalMode,
-        collection: Option<&str>,
+        (collection, scope): (Option<&str>, Option<&[String]>),
         filter: &crate::types::Metadata,
         query_vector: Option<Vec<f32>>,
     ) -> Result<Retrieved> {
@@ -997,7 +1008,7 @@ impl Engine {
         let lexical = if mode != RetrievalMode::Vector {
             inner
                 .lexical
-                .search(query, candidates, collection, allowed.as_ref())?
+                .search_scoped(query, candidates, collection, scope, allowed.as_ref())?
         } else {
             Vec::new()
         };
@@ -1007,10 +1018,11 @@ impl Engine {
                 let keep = |key: u64| {
                     owners.by_key.get(&key).is_some_and(|o| {
                         collection.is_none_or(|c| &*o.collection == c)
+                            && scope.is_none_or(|s| s.iter().any(|c| **c == *o.collection))
                             && allowed.as_ref().is_none_or(|a| a.contains(&*o.doc_id))
                     })
                 };
-                let filtered = collection.is_some() || allowed.is_some();
+                let filtered = collection.is_some() || scope.is_some() || allowed.is_some();
                 let filter: Option<KeyFilter<'_>> = if filtered { Some(&keep) } else { None };
                 inner.vectors.read().search(qv, candidates, filter)
             }
@@ -1101,7 +1113,21 @@ impl Engine {
     /// and the run snapshot are stored before `Done`. Dropping the stream
     /// cancels generation (nothing is stored).
     pub async fn chat(&self, req: ChatRequest) -> Result<ChatStream> {
+        self.chat_as(req, None, None).await
+    }
+
+    /// [`Engine::chat`] on behalf of a principal: retrieval sees only the
+    /// collections of `scope` (`None`: all), and a new conversation and the
+    /// run snapshot are stored as `owner`'s (the caller checks that an
+    /// existing conversation is theirs).
+    pub async fn chat_as(
+        &self,
+        req: ChatRequest,
+        owner: Option<&str>,
+        scope: Option<&[String]>,
+    ) -> Result<ChatStream> {
         let started = Instant::now();
+        let owner: Option<String> = owner.map(str::to_string);
         if req.message.trim().is_empty() {
             return Err(RagError::InvalidInput("the message is empty".into()));
         }
@@ -1134,7 +1160,7 @@ impl Engine {
                 &req.message,
                 top_k,
                 mode,
-                req.collection.as_deref(),
+                (req.collection.as_deref(), scope),
                 &req.filter,
                 None,
             )
@@ -1302,7 +1328,13 @@ impl Engine {
             };
             let title = truncate_chars(&user_turn.content, 80);
             let stored = async {
-                inner.store.put_run(&snapshot).await?;
+                match &owner {
+                    Some(o) => {
+                        inner.store.put_run_owned(&snapshot, o).await?;
+                        inner.store.claim_conversation(&conversation_id, &title, o).await?;
+                    }
+                    None => inner.store.put_run(&snapshot).await?,
+                }
                 inner
                     .memory
                     .append_turns(
@@ -1386,6 +1418,45 @@ impl Engine {
 
     pub async fn get_run(&self, id: &str) -> Result<Option<RunSnapshot>> {
         self.inner.store.get_run(id).await
+    }
+
+    /// The store (principals, ownership; see [`crate::store::PrincipalStore`]).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Documents in any of `collections`, ordered by id.
+    pub async fn list_documents_in(
+        &self,
+        collections: &[String],
+        offset: usize,
+        limit: usize,
+    ) -> Result<Page<DocumentInfo>> {
+        let p = self
+            .inner
+            .store
+            .list_documents_in(collections, offset, limit)
+            .await?;
+        Ok(Page {
+            items: p.items.into_iter().map(doc_info).collect(),
+            total: p.total,
+            offset: p.offset,
+            limit: p.limit,
+        })
+    }
+
+    /// `(documents, chunks)` in the collections of `scope` (no I/O).
+    pub fn counts_in(&self, scope: &[String]) -> (usize, usize) {
+        let o = self.inner.owners.read();
+        let mut docs: HashSet<&str> = HashSet::new();
+        let mut chunks = 0;
+        for w in o.by_key.values() {
+            if scope.iter().any(|c| **c == *w.collection) {
+                chunks += 1;
+                docs.insert(&*w.doc_id);
+            }
+        }
+        (docs.len(), chunks)
     }
 
     /// Cheap counters (no I/O).

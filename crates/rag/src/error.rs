@@ -15,6 +15,9 @@ pub enum RagError {
     Unsupported(String),
     #[error("not found: {0}")]
     NotFound(String),
+    /// The thing to create exists already (a user name, …).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A model could not be loaded or run.
     #[error("model error: {0}")]
     Model(String),

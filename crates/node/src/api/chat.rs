@@ -1,6 +1,6 @@
 //! `POST /api/v1/chat`: a cited answer as JSON, or streamed as Server-Sent
 //! Events (`retrieval`, `token`…, then `done` or `error`).
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::stream::BoxStream;
@@ -8,6 +8,7 @@ use futures::StreamExt;
 use ragfleet_rag::{ChatEvent, ChatRequest};
 
 use super::types::*;
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::runs::BufferedEvent;
 use crate::state::SharedState;
@@ -37,14 +38,27 @@ impl Drop for Outcome {
     }
 }
 
-/// Admit a chat (bounded queue), start it, and return its events. The
-/// stream holds the generation slot; dropping it (a client that went away)
-/// drops the engine's stream, which stops generation.
+/// Admit a chat (bounded queue), start it on behalf of `principal` (403
+/// outside its grants; another user's conversation is a 404; retrieval sees
+/// only granted collections), and return its events. The stream holds the
+/// generation slot; dropping it (a client that went away) drops the
+/// engine's stream, which stops generation.
 pub async fn start(
     state: &SharedState,
+    principal: &Principal,
     req: ChatRequest,
 ) -> ApiResult<BoxStream<'static, ChatEvent>> {
     let engine = state.engine()?.clone();
+    if let Some(c) = &req.collection {
+        principal.check_read(c)?;
+    }
+    if let Some(id) = req
+        .conversation_id
+        .as_deref()
+        .filter(|c| !c.trim().is_empty())
+    {
+        super::conversations::check_continue(state, principal, id).await?;
+    }
     let generator = req
         .generator
         .clone()
@@ -56,7 +70,10 @@ pub async fn start(
         )));
     }
     let permit = state.gate.acquire().await?;
-    let mut inner = engine.chat(req).await?;
+    let scope = principal.scope_list();
+    let mut inner = engine
+        .chat_as(req, Some(&principal.name), scope.as_deref())
+        .await?;
     let guard = state.stream_guard();
     let s = async_stream::stream! {
         let _permit = permit;
@@ -121,20 +138,21 @@ fn wants_stream(body_stream: Option<bool>, headers: &HeaderMap) -> bool {
         (status = 502, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 pub async fn chat(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ChatBody>,
 ) -> ApiResult<Response> {
     let stream = wants_stream(body.stream, &headers);
     let req = body.into_request(&state.config.limits, &state.engine()?.config().generation)?;
     if stream {
-        let (run_id, events) = start_buffered(&state, req).await?;
+        let (run_id, events) = start_buffered(&state, &principal, req).await?;
         let mut resp = crate::runs::sse_events(events);
         if let Some(v) = run_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
             resp.headers_mut().insert("x-ragfleet-run-id", v);
         }
         Ok(resp)
     } else {
-        let events = start(&state, req).await?;
+        let events = start(&state, &principal, req).await?;
         Ok(ApiJson(collect(events).await?).into_response())
     }
 }
@@ -145,9 +163,10 @@ pub async fn chat(
 /// its buffer. Also returns the run id.
 pub async fn start_buffered(
     state: &SharedState,
+    principal: &Principal,
     req: ChatRequest,
 ) -> ApiResult<(Option<String>, BoxStream<'static, BufferedEvent>)> {
-    let mut events = start(state, req).await?;
+    let mut events = start(state, principal, req).await?;
     let first = match events.next().await {
         Some(ev) => ev,
         None => ChatEvent::Error {
@@ -157,7 +176,10 @@ pub async fn start_buffered(
     match &first {
         ChatEvent::Retrieval { run_id, .. } => {
             let run_id = run_id.clone();
-            let (_, reader) = state.runs.spawn(run_id.clone(), first, events);
+            let (_, reader) =
+                state
+                    .runs
+                    .spawn(run_id.clone(), principal.name.clone(), first, events);
             Ok((Some(run_id), reader))
         }
         _ => {

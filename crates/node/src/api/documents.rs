@@ -1,7 +1,7 @@
 //! Documents: upload (multipart, any loader format), JSON, JSON Lines batch
 //! (streamed), list, get, delete.
 use axum::body::Body;
-use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::extract::{Extension, FromRequest, Multipart, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use futures::StreamExt;
@@ -9,6 +9,7 @@ use ragfleet_rag::ingest::LoadOptions;
 use ragfleet_rag::types::{Metadata, NewDocument};
 
 use super::types::*;
+use crate::auth::{audit, Principal};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorDetail};
 use crate::state::SharedState;
 
@@ -35,8 +36,10 @@ fn content_type(headers: &HeaderMap) -> String {
         (status = 503, body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     req: Request,
 ) -> ApiResult<impl IntoResponse> {
+    principal.check_role(ragfleet_rag::store::principals::Role::Editor)?;
     let engine = state.engine()?.clone();
     let ct = content_type(req.headers());
     let docs: Vec<NewDocument> = if ct.starts_with("multipart/form-data") {
@@ -57,6 +60,9 @@ pub async fn create(
     };
     if docs.is_empty() {
         return Err(ApiError::invalid("the upload holds no document"));
+    }
+    for d in &docs {
+        principal.check_write(collection_of(d))?;
     }
     for d in &docs {
         if d.text.trim().is_empty() {
@@ -86,6 +92,14 @@ pub async fn create(
         documents: out,
     };
     Ok((StatusCode::CREATED, ApiJson(resp)))
+}
+
+/// The collection a new document goes to.
+fn collection_of(d: &NewDocument) -> &str {
+    d.collection
+        .as_deref()
+        .filter(|c| !c.trim().is_empty())
+        .unwrap_or(ragfleet_rag::types::DEFAULT_COLLECTION)
 }
 
 async fn load_multipart(mut mp: Multipart) -> ApiResult<Vec<NewDocument>> {
@@ -166,10 +180,15 @@ const BATCH_GROUP: usize = 64;
         (status = 503, body = crate::error::ErrorBody)))]
 pub async fn batch(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     ApiQuery(q): ApiQuery<BatchQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<ApiJson<BatchResponse>> {
+    principal.check_role(ragfleet_rag::store::principals::Role::Editor)?;
+    if let Some(c) = q.collection.as_deref().filter(|c| !c.trim().is_empty()) {
+        principal.check_write(c)?;
+    }
     let engine = state.engine()?.clone();
     let ct = content_type(&headers);
     let ok_ct = ct.is_empty()
@@ -225,7 +244,10 @@ pub async fn batch(
                     if text.trim().is_empty() {
                         continue;
                     }
-                    parse_line(&text, line_no, &q)
+                    parse_line(&text, line_no, &q).and_then(|d| {
+                        principal.check_write(collection_of(&d))?;
+                        Ok(d)
+                    })
                 }
             };
             resp.lines += 1;
@@ -394,13 +416,19 @@ impl LineSplitter {
         (status = 422, body = crate::error::ErrorBody)))]
 pub async fn list(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     ApiQuery(q): ApiQuery<DocumentListQuery>,
 ) -> ApiResult<impl IntoResponse> {
     let (offset, limit) = page_bounds(&state.config.limits, q.offset, q.limit)?;
-    let page = state
-        .engine()?
-        .list_documents(q.collection.as_deref(), offset, limit)
-        .await?;
+    let engine = state.engine()?;
+    let page = match (q.collection.as_deref(), principal.scope_list()) {
+        (Some(c), _) => {
+            principal.check_read(c)?;
+            engine.list_documents(Some(c), offset, limit).await?
+        }
+        (None, None) => engine.list_documents(None, offset, limit).await?,
+        (None, Some(scope)) => engine.list_documents_in(&scope, offset, limit).await?,
+    };
     Ok(ApiJson(page))
 }
 
@@ -410,11 +438,13 @@ pub async fn list(
     responses((status = 200, body = DocumentInfoSchema), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
+    // A document outside the grants is as absent as a missing one.
     match state.engine()?.get_document(&id).await? {
-        Some(d) => Ok(ApiJson(d)),
-        None => Err(ApiError::not_found(format!("no document {id:?}"))),
+        Some(d) if principal.can_read(&d.collection) => Ok(ApiJson(d)),
+        _ => Err(ApiError::not_found(format!("no document {id:?}"))),
     }
 }
 
@@ -424,9 +454,28 @@ pub async fn get(
     responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn delete(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    if state.engine()?.delete_document(&id).await? {
+    principal.check_role(ragfleet_rag::store::principals::Role::Editor)?;
+    let engine = state.engine()?;
+    let visible = engine
+        .get_document(&id)
+        .await?
+        .filter(|d| principal.can_read(&d.collection));
+    let deleted = match visible {
+        Some(_) => engine.delete_document(&id).await?,
+        None => false,
+    };
+    let outcome = if deleted { "ok" } else { "not_found" };
+    audit(
+        "document_deleted",
+        &principal.name,
+        &principal.request_id,
+        outcome,
+        &id,
+    );
+    if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no document {id:?}")))

@@ -1,4 +1,5 @@
 //! HTTP handlers, one module per resource.
+pub mod admin;
 pub mod chat;
 pub mod conversations;
 pub mod documents;

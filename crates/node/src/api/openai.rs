@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::types::{check_text, CitationSchema, MAX_ANSWER_TOKENS};
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::state::SharedState;
 
@@ -196,8 +197,21 @@ pub struct CompletionResponse {
         (status = 429, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 pub async fn completions(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<CompletionRequest>,
+    req: Result<ApiJson<CompletionRequest>, ApiError>,
+) -> ApiResult<Response> {
+    let ApiJson(req) = req.map_err(ApiError::openai)?;
+    completion(&state, &principal, &headers, req)
+        .await
+        .map_err(ApiError::openai)
+}
+
+async fn completion(
+    state: &SharedState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    req: CompletionRequest,
 ) -> ApiResult<Response> {
     let engine = state.engine()?;
     let question = req
@@ -260,7 +274,7 @@ pub async fn completions(
         params: Some(params),
         ..Default::default()
     };
-    let events = super::chat::start(&state, chat_req).await?;
+    let events = super::chat::start(state, principal, chat_req).await?;
     let created = now_secs();
     if !req.stream {
         let r = super::chat::collect(events).await?;
@@ -343,6 +357,15 @@ pub async fn completions(
     Ok(resp)
 }
 
+/// The collections of `names` the principal may use (the `/v1/models`
+/// filter, kept apart from how models are named).
+pub fn visible_collections(principal: &Principal, names: BTreeSet<String>) -> BTreeSet<String> {
+    names
+        .into_iter()
+        .filter(|n| principal.can_read(n))
+        .collect()
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelEntry {
     pub id: String,
@@ -361,11 +384,20 @@ pub struct ModelList {
 /// `ragfleet/<collection>` for `default` and every collection holding documents.
 #[utoipa::path(get, path = "/v1/models", tag = "openai",
     responses((status = 200, body = ModelList), (status = 503, body = crate::error::ErrorBody)))]
-pub async fn models(State(state): State<SharedState>) -> ApiResult<ApiJson<ModelList>> {
-    let engine = state.engine()?;
+pub async fn models(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+) -> ApiResult<ApiJson<ModelList>> {
+    let engine = state.engine().map_err(ApiError::openai)?;
     let mut collections = BTreeSet::new();
     collections.insert(ragfleet_rag::types::DEFAULT_COLLECTION.to_string());
-    collections.extend(engine.collections().await?);
+    collections.extend(
+        engine
+            .collections()
+            .await
+            .map_err(|e| ApiError::from(e).openai())?,
+    );
+    let collections = visible_collections(&principal, collections);
     let entry = |id: String| ModelEntry {
         id,
         object: "model".into(),

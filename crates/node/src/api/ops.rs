@@ -157,10 +157,18 @@ pub struct Info {
 /// What this node offers (for clients and the web page).
 #[utoipa::path(get, path = "/api/v1/info", tag = "operations",
     responses((status = 200, body = Info), (status = 503, body = crate::error::ErrorBody)))]
-pub async fn info(State(state): State<SharedState>) -> ApiResult<ApiJson<Info>> {
+pub async fn info(
+    State(state): State<SharedState>,
+    axum::extract::Extension(principal): axum::extract::Extension<crate::auth::Principal>,
+) -> ApiResult<ApiJson<Info>> {
     let engine = state.engine()?;
     let l = &state.config.limits;
     let stats = engine.stats();
+    // Counts cover only what the principal may see.
+    let (documents, chunks) = match principal.scope_list() {
+        None => (stats.documents, stats.chunks),
+        Some(scope) => engine.counts_in(&scope),
+    };
     let mode = serde_json::to_value(engine.config().retrieval.mode)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -177,7 +185,7 @@ pub async fn info(State(state): State<SharedState>) -> ApiResult<ApiJson<Info>> 
             max_message_chars: l.max_message_chars,
             max_page_size: l.max_page_size,
         },
-        documents: stats.documents,
-        chunks: stats.chunks,
+        documents,
+        chunks,
     }))
 }

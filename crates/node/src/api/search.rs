@@ -1,10 +1,11 @@
 //! `POST /api/v1/search`: ranked passages, no generation.
 use std::time::Instant;
 
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use serde::Deserialize;
 
 use super::types::*;
+use crate::auth::Principal;
 use crate::error::{ApiJson, ApiResult};
 use crate::state::SharedState;
 
@@ -16,9 +17,10 @@ use crate::state::SharedState;
         (status = 422, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 pub async fn search(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     ApiJson(body): ApiJson<SearchBody>,
 ) -> ApiResult<ApiJson<SearchResponse>> {
-    run(&state, body).await
+    run(&state, &principal, body).await
 }
 
 /// `GET /api/v1/search?query=…`: the same search as a safe, idempotent GET
@@ -42,6 +44,7 @@ pub struct SearchParams {
         (status = 422, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 pub async fn search_get(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     params: Result<Query<SearchParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<ApiJson<SearchResponse>> {
     let Query(p) = params?;
@@ -52,10 +55,17 @@ pub async fn search_get(
         collection: p.collection,
         filter: Default::default(),
     };
-    run(&state, body).await
+    run(&state, &principal, body).await
 }
 
-async fn run(state: &SharedState, body: SearchBody) -> ApiResult<ApiJson<SearchResponse>> {
+async fn run(
+    state: &SharedState,
+    principal: &Principal,
+    body: SearchBody,
+) -> ApiResult<ApiJson<SearchResponse>> {
+    if let Some(c) = &body.collection {
+        principal.check_read(c)?;
+    }
     let limits = &state.config.limits;
     check_text(limits, "query", &body.query)?;
     check_top_k(limits, body.top_k)?;
@@ -69,7 +79,9 @@ async fn run(state: &SharedState, body: SearchBody) -> ApiResult<ApiJson<SearchR
         filter: body.filter,
     };
     let started = Instant::now();
-    let hits = engine.search(q).await?;
+    let hits = engine
+        .search_scoped(q, principal.scope_list().as_deref())
+        .await?;
     let took_ms = started.elapsed().as_secs_f64() * 1000.0;
     metrics::histogram!("ragfleet_node_stage_duration_seconds", "stage" => "search_request")
         .record(took_ms / 1000.0);

@@ -8,12 +8,13 @@
 use std::collections::VecDeque;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::Response;
 use futures::StreamExt;
 use ragfleet_rag::ChatEvent;
 
 use super::types::ChatBody;
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::SharedState;
 
@@ -21,11 +22,15 @@ const MAX_QUEUED: usize = 8;
 
 #[utoipa::path(get, path = "/api/v1/chat/ws", tag = "chat",
     responses((status = 101, description = "WebSocket upgrade; frames as described")))]
-pub async fn chat_ws(State(state): State<SharedState>, ws: WebSocketUpgrade) -> Response {
+pub async fn chat_ws(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let max = state.config.limits.max_body_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session(state, socket))
+        .on_upgrade(move |socket| session(state, principal, socket))
 }
 
 async fn send_error(socket: &mut WebSocket, e: &ApiError) -> bool {
@@ -54,7 +59,7 @@ fn classify(msg: Option<Result<Message, axum::Error>>) -> Incoming {
     }
 }
 
-async fn session(state: SharedState, mut socket: WebSocket) {
+async fn session(state: SharedState, principal: Principal, mut socket: WebSocket) {
     let mut queue: VecDeque<String> = VecDeque::new();
     loop {
         let text = match queue.pop_front() {
@@ -105,7 +110,7 @@ async fn session(state: SharedState, mut socket: WebSocket) {
             }
         };
         let started = match body.into_request(&state.config.limits, &defaults) {
-            Ok(req) => super::chat::start(&state, req).await,
+            Ok(req) => super::chat::start(&state, &principal, req).await,
             Err(e) => Err(e),
         };
         let mut events = match started {

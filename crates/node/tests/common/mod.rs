@@ -16,7 +16,11 @@ pub fn models_dir() -> PathBuf {
 pub struct TestNode {
     pub addr: SocketAddr,
     pub base: String,
+    /// Sends the bootstrap admin key (when auth is on).
     pub client: reqwest::Client,
+    /// The bootstrap admin key (`None` with auth off).
+    pub key: Option<String>,
+    pub data_dir: PathBuf,
     pub state: ragfleet_node::state::SharedState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<Result<(), ragfleet_node::NodeError>>>,
@@ -38,6 +42,7 @@ impl TestNode {
         cfg.index.vector = ragfleet_rag::config::VectorIndexKind::Flat;
         cfg.shutdown.grace_ms = 5_000;
         tweak(&mut cfg);
+        let data_dir = cfg.data_dir.clone();
         let node = Node::bind(cfg).await.unwrap();
         let addr = node.local_addr();
         let state = node.state();
@@ -47,16 +52,24 @@ impl TestNode {
         }));
         let base = format!("http://{addr}");
         let client = reqwest::Client::new();
-        let t = TestNode {
+        let mut t = TestNode {
             addr,
             base,
             client,
+            key: None,
+            data_dir: data_dir.clone(),
             state,
             stop: Some(tx),
             task: Some(task),
             _dir: dir,
         };
         t.wait_ready().await;
+        // Auth is on by default: the node wrote its admin key on first start.
+        if let Ok(k) = std::fs::read_to_string(data_dir.join("admin.key")) {
+            let key = k.trim().to_string();
+            t.client = client_with_key(&key);
+            t.key = Some(key);
+        }
         t
     }
 
@@ -147,6 +160,19 @@ impl TestNode {
             let _ = tx.send(());
         }
     }
+}
+
+/// A client that sends `Authorization: Bearer <key>` on every request.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
 }
 
 /// Assert the error body shape and code.

@@ -1,6 +1,7 @@
 """Drive a ragfleet node with the official `openai` Python client (PyPI).
 Usage: openai_client.py BASE_URL. Prints one JSON line with what it saw;
 exits non-zero on any unexpected failure."""
+import os
 import json
 import sys
 
@@ -8,7 +9,7 @@ import openai
 from openai import OpenAI
 
 base = sys.argv[1]
-client = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+client = OpenAI(base_url=base + "/v1", api_key=os.environ.get("RAGFLEET_API_KEY", "unused"), max_retries=0)
 models = [m.id for m in client.models.list()]
 out = {"models": models}
 r = client.chat.completions.create(

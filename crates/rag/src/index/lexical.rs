@@ -162,7 +162,21 @@ impl LexicalIndex {
         collection: Option<&str>,
         docs: Option<&HashSet<String>>,
     ) -> Result<Vec<(u64, f32)>> {
-        if k == 0 || query.trim().is_empty() {
+        self.search_scoped(query, k, collection, None, docs)
+    }
+
+    /// [`Self::search`], also only in the collections of `scope` (a
+    /// principal's grants; `None`: every collection). The scope is a clause
+    /// of the query, so BM25's top `k` are taken among allowed chunks only.
+    pub fn search_scoped(
+        &self,
+        query: &str,
+        k: usize,
+        collection: Option<&str>,
+        scope: Option<&[String]>,
+        docs: Option<&HashSet<String>>,
+    ) -> Result<Vec<(u64, f32)>> {
+        if k == 0 || query.trim().is_empty() || scope.is_some_and(|s| s.is_empty()) {
             return Ok(Vec::new());
         }
         let (text_query, _errors) = self.parser.parse_query_lenient(query);
@@ -175,6 +189,18 @@ impl LexicalIndex {
                         Term::from_field_text(self.fields.collection, c),
                         IndexRecordOption::Basic,
                     )),
+                    0.0,
+                )),
+            ));
+        }
+        if let Some(scope) = scope {
+            let terms = scope
+                .iter()
+                .map(|c| Term::from_field_text(self.fields.collection, c));
+            clauses.push((
+                Occur::Must,
+                Box::new(ConstScoreQuery::new(
+                    Box::new(TermSetQuery::new(terms)),
                     0.0,
                 )),
             ));

@@ -33,7 +33,10 @@ use crate::types::Metadata;
 use crate::{RagError, Result};
 
 pub mod postgres;
+pub mod principals;
 pub mod sqlite;
+
+pub use principals::PrincipalStore;
 
 /// A document as stored (text included).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,9 +219,9 @@ pub trait RunStore: Send + Sync {
     async fn get_run(&self, id: &str) -> Result<Option<RunSnapshot>>;
 }
 
-/// A backend implementing all three stores.
-pub trait Store: DocumentStore + ConversationStore + RunStore {}
-impl<T: DocumentStore + ConversationStore + RunStore> Store for T {}
+/// A backend implementing every store.
+pub trait Store: DocumentStore + ConversationStore + RunStore + PrincipalStore {}
+impl<T: DocumentStore + ConversationStore + RunStore + PrincipalStore> Store for T {}
 
 /// The id versions before migration 0015 derived from a document's text
 /// alone: `doc-` + 16 hex digits of SHA-256 over the length-prefixed text.

@@ -181,6 +181,11 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// A transaction that does not touch the change log.
+    async fn begin_tx(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
+        self.pool.begin().await.map_err(db_err)
+    }
+
     /// The NOTIFY channel changes are announced on.
     pub fn channel(&self) -> &str {
         &self.channel
@@ -228,6 +233,14 @@ impl PostgresStore {
         Ok(seq as u64)
     }
 }
+
+super::principals::impl_principal_store!(
+    PostgresStore,
+    PgRow,
+    super::Dialect::Postgres,
+    doc_from_row,
+    conv_info_from_row
+);
 
 const DOC_COLS: &str = "id, title, collection, metadata::text AS metadata, source, text, pages, \
                         content_hash, chunks, chars, created_at, updated_at, seq";

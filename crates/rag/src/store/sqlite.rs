@@ -152,7 +152,20 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// A write transaction (`BEGIN IMMEDIATE`, see the module docs).
+    async fn begin_tx(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)
+    }
 }
+
+super::principals::impl_principal_store!(
+    SqliteStore,
+    SqliteRow,
+    super::Dialect::Sqlite,
+    doc_from_row,
+    conv_info_from_row
+);
 
 pub(super) fn encode_vec(v: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(v.len() * 4);

@@ -1,0 +1,586 @@
+//! Authentication and authorization of the data routes (issue 14).
+//!
+//! Every request to `/api/v1/*` (but the OpenAPI document, its page and the
+//! login) and `/v1/*` goes through [`authenticate`], which resolves its
+//! credentials to a [`Principal`] put in the request's extensions:
+//!
+//! - `Authorization: Bearer rf_…`: an API key, looked up by its public id
+//!   and checked by the SHA-256 of the whole key (constant-time), then for
+//!   revocation and expiry. Its role is the lower of the key's and its
+//!   owner's; its collections are the owner's grants narrowed by the key's.
+//! - the page's session cookie (`ragfleet_session`), with a CSRF header
+//!   (`X-CSRF-Token`) on state-changing requests.
+//!
+//! Without credentials, or with invalid ones: 401 with `WWW-Authenticate`;
+//! handlers answer 403 outside a principal's role or grants. A verified key
+//! or session is cached for `auth.cache_ttl_ms` (≤ 1 s), so a key revoked on
+//! any node sharing the store is refused everywhere within that time.
+//!
+//! With `[auth] enabled = false` (`--no-auth`) every request acts as the
+//! built-in `anonymous` admin.
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ragfleet_rag::store::principals::{
+    ct_eq, is_past, key_id, sha256_hex, KeyAuth, Role, Scope, SessionAuth, UserRecord,
+};
+
+use crate::error::ApiError;
+use crate::state::SharedState;
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "ragfleet_session";
+/// The CSRF header a session-authenticated state-changing request carries.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// The principal `--no-auth` requests act as.
+pub const ANONYMOUS: &str = "anonymous";
+/// The gateway's identity header (the verified subject) and its signature
+/// (`t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<subject>\n<t>")>`).
+pub const PRINCIPAL_HEADER: &str = "x-ragfleet-principal";
+pub const PRINCIPAL_SIG_HEADER: &str = "x-ragfleet-principal-signature";
+/// How far a signature's time may be from now.
+const SIG_SKEW_S: u64 = 60;
+
+/// The signature the gateway puts beside `subject` at `unix` seconds.
+pub fn sign_principal(secret: &str, subject: &str, unix: u64) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(format!("{subject}\n{unix}").as_bytes());
+    format!("t={unix},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The subject of a correctly signed, fresh identity header.
+fn verified_subject<'a>(secret: &str, headers: &'a HeaderMap) -> Option<&'a str> {
+    use hmac::Mac;
+    if secret.is_empty() {
+        return None;
+    }
+    let subject = headers.get(PRINCIPAL_HEADER)?.to_str().ok()?;
+    let sig = headers.get(PRINCIPAL_SIG_HEADER)?.to_str().ok()?;
+    let (t, v1) = sig.split_once(',')?;
+    let t: u64 = t.strip_prefix("t=")?.parse().ok()?;
+    let v1 = hex::decode(v1.strip_prefix("v1=")?).ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    if now.abs_diff(t) > SIG_SKEW_S {
+        return None;
+    }
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).ok()?;
+    mac.update(format!("{subject}\n{t}").as_bytes());
+    mac.verify_slice(&v1).ok()?;
+    Some(subject)
+}
+
+/// How a principal authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// An API key (its public id).
+    Key(String),
+    /// A web-page session.
+    Session,
+    /// `--no-auth`.
+    Anonymous,
+    /// The gateway's signed identity header.
+    Gateway,
+}
+
+/// Who is calling, and what they may do.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The user (owner of what they create).
+    pub name: String,
+    pub role: Role,
+    /// Collections visible to this principal (admins: all).
+    pub scope: Scope,
+    pub via: Via,
+    /// `X-Request-Id` of the request (audit records).
+    pub request_id: String,
+}
+
+impl Principal {
+    pub fn anonymous() -> Self {
+        Self {
+            name: ANONYMOUS.into(),
+            role: Role::Admin,
+            scope: Scope::All,
+            via: Via::Anonymous,
+            request_id: String::new(),
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// The collections retrieval is limited to (`None`: all).
+    pub fn scope_list(&self) -> Option<Vec<String>> {
+        self.scope.as_list()
+    }
+
+    /// May search and chat in `collection`.
+    pub fn can_read(&self, collection: &str) -> bool {
+        self.scope.allows(collection)
+    }
+
+    /// 403 unless the principal may read `collection`.
+    pub fn check_read(&self, collection: &str) -> Result<(), ApiError> {
+        if self.can_read(collection) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "no access to collection {collection:?}"
+            )))
+        }
+    }
+
+    /// 403 unless the principal may ingest into and delete from `collection`.
+    pub fn check_write(&self, collection: &str) -> Result<(), ApiError> {
+        self.check_role(Role::Editor)?;
+        if self.can_read(collection) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "no write access to collection {collection:?}"
+            )))
+        }
+    }
+
+    /// 403 unless the principal's role is at least `role`.
+    pub fn check_role(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this needs the {role} role; {} has {}",
+                self.name, self.role
+            )))
+        }
+    }
+
+    /// May read or delete something `owner` created (admins: everything).
+    pub fn owns(&self, owner: &str) -> bool {
+        self.name == owner || self.is_admin()
+    }
+
+    fn from_key(k: &KeyAuth, request_id: String) -> Self {
+        let role = k.key.role.min(k.user.role);
+        let mut scope = user_scope(&k.user);
+        if let Some(cols) = &k.key.collections {
+            scope = scope.intersect(&Scope::from_grants(cols));
+        }
+        if role == Role::Admin {
+            scope = Scope::All;
+        }
+        Self {
+            name: k.user.name.clone(),
+            role,
+            scope,
+            via: Via::Key(k.key.id.clone()),
+            request_id,
+        }
+    }
+
+    fn from_session(user: &UserRecord, request_id: String) -> Self {
+        Self {
+            name: user.name.clone(),
+            role: user.role,
+            scope: user_scope(user),
+            via: Via::Session,
+            request_id,
+        }
+    }
+}
+
+fn user_scope(u: &UserRecord) -> Scope {
+    if u.role == Role::Admin {
+        Scope::All
+    } else {
+        Scope::from_grants(&u.grants)
+    }
+}
+
+enum Cached {
+    Key(Option<KeyAuth>),
+    Session(Option<SessionAuth>),
+    User(Option<UserRecord>),
+}
+
+/// Caches of verified credentials and the login throttle.
+pub struct AuthState {
+    ttl: Duration,
+    cache: Mutex<HashMap<String, (Instant, std::sync::Arc<Cached>)>>,
+    touched: Mutex<HashMap<String, Instant>>,
+    failures: Mutex<HashMap<String, Vec<Instant>>>,
+}
+
+/// How often a key's `last_used` is written (not on every request).
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+impl AuthState {
+    pub fn new(cfg: &crate::config::AuthConfig) -> Self {
+        Self {
+            ttl: Duration::from_millis(cfg.cache_ttl_ms.min(1000)),
+            cache: Mutex::new(HashMap::new()),
+            touched: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, k: &str) -> Option<std::sync::Arc<Cached>> {
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        match c.get(k) {
+            Some((at, v)) if at.elapsed() < self.ttl => Some(v.clone()),
+            Some(_) => {
+                c.remove(k);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember(&self, k: String, v: Cached) -> std::sync::Arc<Cached> {
+        let v = std::sync::Arc::new(v);
+        if self.ttl.is_zero() {
+            return v;
+        }
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() > 10_000 {
+            let ttl = self.ttl;
+            c.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        c.insert(k, (Instant::now(), v.clone()));
+        v
+    }
+
+    /// Forgets a cached session or key at once (logout, revocation here).
+    pub fn forget(&self, cache_key: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(cache_key);
+    }
+
+    fn should_touch(&self, id: &str) -> bool {
+        let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        match t.get(id) {
+            Some(at) if at.elapsed() < TOUCH_EVERY => false,
+            _ => {
+                t.insert(id.to_string(), Instant::now());
+                true
+            }
+        }
+    }
+
+    /// Failed logins of `who` within `window`; records one more when `fail`.
+    pub fn login_failures(&self, who: &str, window: Duration, fail: bool) -> usize {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if f.len() > 10_000 {
+            f.retain(|_, v| v.iter().any(|t| t.elapsed() < window));
+        }
+        let v = f.entry(who.to_string()).or_default();
+        v.retain(|t| t.elapsed() < window);
+        if fail {
+            v.push(Instant::now());
+        }
+        v.len()
+    }
+
+    /// Clears `who`'s failures after a successful login.
+    pub fn login_succeeded(&self, who: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(who);
+    }
+}
+
+/// One structured audit record per security-relevant action (target
+/// `ragfleet::audit`), never with a secret.
+pub fn audit(action: &str, principal: &str, request_id: &str, outcome: &str, detail: &str) {
+    tracing::info!(
+        target: "ragfleet::audit",
+        action,
+        principal,
+        request_id,
+        outcome,
+        detail,
+        at = %ragfleet_rag::store::now_rfc3339(),
+        "audit"
+    );
+}
+
+/// The bearer token, if the request has an `Authorization: Bearer` header.
+/// `Err` when the header is there but is not a bearer token.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ()> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let v = v.to_str().map_err(|_| ())?.trim();
+    let (scheme, token) = v.split_once(' ').ok_or(())?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(());
+    }
+    Ok(Some(token.trim()))
+}
+
+/// The value of a cookie.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Resolves the request's credentials to a [`Principal`] (see the module
+/// docs); answers 401 itself when there is none.
+pub async fn authenticate(
+    State(state): State<SharedState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    // Inside `nest("/v1", …)` the path has lost its prefix: the original
+    // URI tells which API (and so which error shape) this is.
+    let openai = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or(req.uri().path(), |u| u.0.path())
+        .starts_with("/v1/");
+    let resolved = resolve(&state, req.method(), req.headers()).await;
+    // Whatever it said, the identity header goes no further.
+    req.headers_mut().remove(PRINCIPAL_HEADER);
+    req.headers_mut().remove(PRINCIPAL_SIG_HEADER);
+    match resolved {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(e) => {
+            let e = if openai { e.openai() } else { e };
+            e.into_response()
+        }
+    }
+}
+
+async fn resolve(
+    state: &SharedState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
+    if !state.config.auth.enabled {
+        let mut p = Principal::anonymous();
+        p.request_id = request_id(headers);
+        return Ok(p);
+    }
+    let rid = request_id(headers);
+    // The gateway verified this subject (a JWT at the edge) and signed it;
+    // an unsigned or badly signed header is ignored.
+    if let Some(subject) = verified_subject(&state.config.auth.gateway_secret, headers) {
+        return resolve_gateway_subject(state, subject, rid).await;
+    }
+    let token = bearer(headers).map_err(|()| {
+        ApiError::unauthorized("the Authorization header is not `Bearer <API key>`", true)
+    })?;
+    if let Some(token) = token {
+        return resolve_key(state, token, rid).await;
+    }
+    if let Some(session) = cookie(headers, SESSION_COOKIE) {
+        return resolve_session(state, method, headers, session, rid).await;
+    }
+    Err(ApiError::unauthorized(
+        "credentials needed: `Authorization: Bearer <API key>` or a login session",
+        false,
+    ))
+}
+
+async fn resolve_key(state: &SharedState, token: &str, rid: String) -> Result<Principal, ApiError> {
+    let invalid = || ApiError::unauthorized("invalid API key", true);
+    let id = key_id(token).ok_or_else(invalid)?;
+    let cache_key = format!("k:{id}");
+    let cached = match state.auth.cached(&cache_key) {
+        Some(c) => c,
+        None => {
+            let found = state.engine()?.store().key_auth(id).await?;
+            state.auth.remember(cache_key, Cached::Key(found))
+        }
+    };
+    let Cached::Key(Some(k)) = &*cached else {
+        return Err(invalid());
+    };
+    if !ct_eq(&sha256_hex(token), &k.hash) {
+        return Err(invalid());
+    }
+    if k.key.revoked_at.is_some() {
+        return Err(ApiError::unauthorized("this API key was revoked", true));
+    }
+    if k.key.expires_at.as_deref().is_some_and(is_past) {
+        return Err(ApiError::unauthorized("this API key has expired", true));
+    }
+    if state.auth.should_touch(id) {
+        if let Ok(engine) = state.engine() {
+            let store = engine.store().clone();
+            let id = id.to_string();
+            tokio::spawn(async move {
+                let now = ragfleet_rag::store::now_rfc3339();
+                if let Err(e) = store.touch_api_key(&id, &now).await {
+                    tracing::debug!(error = %e, "recording a key's last use failed");
+                }
+            });
+        }
+    }
+    Ok(Principal::from_key(k, rid))
+}
+
+async fn resolve_gateway_subject(
+    state: &SharedState,
+    subject: &str,
+    rid: String,
+) -> Result<Principal, ApiError> {
+    let cache_key = format!("u:{subject}");
+    let cached = match state.auth.cached(&cache_key) {
+        Some(c) => c,
+        None => {
+            let user = state.engine()?.store().get_user(subject).await?;
+            state.auth.remember(cache_key, Cached::User(user))
+        }
+    };
+    match &*cached {
+        Cached::User(Some(u)) => {
+            let mut p = Principal::from_session(u, rid);
+            p.via = Via::Gateway;
+            Ok(p)
+        }
+        _ => Err(ApiError::unauthorized(
+            "the gateway's principal is not a user of this cluster",
+            true,
+        )),
+    }
+}
+
+async fn resolve_session(
+    state: &SharedState,
+    method: &Method,
+    headers: &HeaderMap,
+    token: &str,
+    rid: String,
+) -> Result<Principal, ApiError> {
+    let hash = sha256_hex(token);
+    let cache_key = format!("s:{hash}");
+    let cached = match state.auth.cached(&cache_key) {
+        Some(c) => c,
+        None => {
+            let found = state.engine()?.store().session_auth(&hash).await?;
+            state.auth.remember(cache_key, Cached::Session(found))
+        }
+    };
+    let Cached::Session(Some(s)) = &*cached else {
+        return Err(ApiError::unauthorized(
+            "the session has ended; log in again",
+            true,
+        ));
+    };
+    if is_past(&s.expires_at) {
+        return Err(ApiError::unauthorized(
+            "the session has expired; log in again",
+            true,
+        ));
+    }
+    // A browser names the page that made a request: a session is usable
+    // only from this site's own page (also guards the WebSocket upgrade, a
+    // GET that carries no CSRF header).
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        // Behind the gateway the client's Host is in X-Forwarded-Host.
+        let host = headers
+            .get("x-forwarded-host")
+            .or_else(|| headers.get(header::HOST))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+        if origin_host != host {
+            return Err(ApiError::forbidden(
+                "a session may be used only from this site's own page",
+            ));
+        }
+    }
+    let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        let sent = headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct_eq(sent, &s.csrf) {
+            return Err(ApiError::forbidden(
+                "a state-changing request with a session needs its X-CSRF-Token header",
+            ));
+        }
+    }
+    Ok(Principal::from_session(&s.user, rid))
+}
+
+/// Creates the bootstrap admin and its key on a store that has none; the
+/// key is written to `data_dir/admin.key` (mode 0600) and printed once.
+/// `Ok(false)`: the store had its admin already.
+pub async fn bootstrap<S: ragfleet_rag::store::PrincipalStore + ?Sized>(
+    store: &S,
+    data_dir: &std::path::Path,
+) -> Result<bool, String> {
+    let Some(key) = store
+        .bootstrap_admin()
+        .await
+        .map_err(|e| format!("creating the admin key: {e}"))?
+    else {
+        return Ok(false);
+    };
+    let path = data_dir.join("admin.key");
+    write_secret(&path, &format!("{key}\n"))
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    eprintln!(
+        "ragfleet: created the admin API key (shown once; also in {}):\n  {key}",
+        path.display()
+    );
+    audit("key_created", "admin", "", "ok", "bootstrap admin key");
+    Ok(true)
+}
+
+/// Writes a file only its owner can read (mode 0600 from its creation).
+pub fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
