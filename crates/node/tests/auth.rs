@@ -170,7 +170,8 @@ async fn every_route_by_every_credential() {
     let doc_beta = json!({"text": "Zebra minutes of the board.", "collection": "beta"});
     let chat_body = json!({"message": "aurora colour?"});
     let oa_all = json!({"model": "ragfleet", "messages": [{"role": "user", "content": "aurora?"}]});
-    let oa_beta = json!({"model": "ragfleet/beta", "messages": [{"role": "user", "content": "Zebra?"}]});
+    let oa_beta =
+        json!({"model": "ragfleet/beta", "messages": [{"role": "user", "content": "Zebra?"}]});
     let search = json!({"query": "aurora"});
     let search_beta = json!({"query": "Zebra", "collection": "beta"});
     let conv_path = format!("/api/v1/conversations/{conv}");

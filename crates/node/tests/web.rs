@@ -126,7 +126,14 @@ async fn login_page_in_headless_chromium() {
     let out = tokio::process::Command::new("node")
         .current_dir(&web)
         .env("CHROMIUM", &chromium)
-        .args(["login.mjs", &node.base, "alice", "alice-password-1", "bob", "bob-password-2"])
+        .args([
+            "login.mjs",
+            &node.base,
+            "alice",
+            "alice-password-1",
+            "bob",
+            "bob-password-2",
+        ])
         .arg("How tall was the Pharos of Alexandria lighthouse?")
         .arg("100 metres")
         .arg(&shots)
@@ -148,13 +155,21 @@ async fn login_page_in_headless_chromium() {
     let (s, own) = node.get("/api/v1/conversations").await;
     assert_eq!(s, 200);
     assert!(
-        !own["items"].as_array().unwrap().iter().any(|c| c["id"] == conv),
+        !own["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == conv),
         "the admin's own list holds alice's conversation: {own}"
     );
     let (s, all) = node.get("/api/v1/conversations?all=true").await;
     assert_eq!(s, 200);
     assert!(
-        all["items"].as_array().unwrap().iter().any(|c| c["id"] == conv),
+        all["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == conv),
         "?all=true lacks alice's conversation: {all}"
     );
     assert_eq!(report["cross_site_post"].as_u64(), Some(401), "{report}");
