@@ -1,8 +1,9 @@
 //! `ragfleet admin`: users, API keys and grants — against a running node
 //! (`--url`, with an admin key) or directly on a store (`--data DIR` or
-//! `--store-url URL`, no node needed). Also where the CLI finds its API key:
-//! `--api-key`, `RAGFLEET_API_KEY`, or the local cluster's `admin.key`.
+//! `--store-url URL`, no node needed).
 use std::path::{Path, PathBuf};
+
+use crate::api_key::KeyArgs;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -11,55 +12,6 @@ use ragfleet_rag::store::principals::{
 };
 use ragfleet_rag::store::Store;
 use serde_json::{json, Value};
-
-/// `--api-key` for the commands that talk to a node.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct KeyArgs {
-    /// API key (`rf_…`). Default: `RAGFLEET_API_KEY`, else the local
-    /// cluster's key file (`$RAGFLEET_DATA/admin.key` or `data/admin.key`).
-    #[arg(long, env = "RAGFLEET_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-}
-
-impl KeyArgs {
-    /// The key to send, if any.
-    pub fn resolve(&self) -> Option<String> {
-        if let Some(k) = self
-            .api_key
-            .as_deref()
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-        {
-            return Some(k.to_string());
-        }
-        let dir = std::env::var_os("RAGFLEET_DATA")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("data"));
-        read_key_file(&dir.join("admin.key"))
-    }
-
-    /// A client sending the key (if any) on every request.
-    pub fn client(&self) -> anyhow::Result<reqwest::Client> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(k) = self.resolve() {
-            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {k}"))
-                .context("the API key holds characters a header cannot")?;
-            v.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, v);
-        }
-        reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .context("building the HTTP client")
-    }
-}
-
-fn read_key_file(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -111,6 +63,9 @@ pub enum UserCmd {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Set a user's password for the web page's login (read from stdin,
+    /// one line; e.g. the bootstrap `admin`'s, to log in on the page).
+    Passwd { name: String },
     /// List users.
     List,
     /// Delete a user with their keys and sessions.
@@ -217,6 +172,13 @@ async fn direct(store: &dyn Store, cmd: &Cmd) -> anyhow::Result<Value> {
                     .await?
             )
         }
+        Cmd::User(UserCmd::Passwd { name }) => {
+            let hash = hash_password(&read_password().await?)?;
+            if !store.update_user(name, None, Some(&hash)).await? {
+                bail!("no user {name:?}");
+            }
+            json!({"user": name, "password": "set"})
+        }
         Cmd::User(UserCmd::List) => json!({"users": store.list_users().await?}),
         Cmd::User(UserCmd::Rm { name }) => {
             if !store.delete_user(name).await? {
@@ -312,6 +274,9 @@ async fn remote(args: &Args, url: &str) -> anyhow::Result<Value> {
             }
             http.post(format!("{base}/api/v1/admin/users")).json(&body)
         }
+        Cmd::User(UserCmd::Passwd { name }) => http
+            .patch(format!("{base}/api/v1/admin/users/{}", enc(name)))
+            .json(&json!({"password": read_password().await?})),
         Cmd::User(UserCmd::List) => http.get(format!("{base}/api/v1/admin/users")),
         Cmd::User(UserCmd::Rm { name }) => {
             http.delete(format!("{base}/api/v1/admin/users/{}", enc(name)))

@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub key: crate::admin::KeyArgs,
+    pub key: crate::api_key::KeyArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long)]
     pub quiet: bool,
     #[command(flatten)]
-    pub key: crate::admin::KeyArgs,
+    pub key: crate::api_key::KeyArgs,
 }
 
 /// What happened to one file.

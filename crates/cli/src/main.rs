@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod admin;
+mod api_key;
 mod ask;
 mod cpu;
 mod eval;

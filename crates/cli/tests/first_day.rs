@@ -317,7 +317,7 @@ fn ingest_into_ups_data_dir_reaches_the_cluster() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut up = Up::start(dir.path(), &[]);
-    let http = reqwest::blocking::Client::new();
+    let http = admin_client(&up.data);
 
     let docs = dir.path().join("docs");
     std::fs::create_dir_all(&docs).unwrap();
@@ -379,7 +379,9 @@ fn ingest_into_ups_data_dir_reaches_the_cluster() {
     // `ask` whose standard output is already closed: exit 0, nothing said.
     let (r, w) = std::io::pipe().unwrap();
     drop(r);
+    // `ask` finds the cluster's admin key in $RAGFLEET_DATA/admin.key.
     let out = ragfleet()
+        .env("RAGFLEET_DATA", &up.data)
         .args(["ask", "--url", &up.gw, "Who built the zorblax reactor?"])
         .stdin(Stdio::null())
         .stdout(w)
@@ -398,6 +400,7 @@ fn ingest_into_ups_data_dir_reaches_the_cluster() {
         up.gw
     );
     let out = Command::new("bash")
+        .env("RAGFLEET_DATA", &up.data)
         .args(["-c", &script])
         .stdin(Stdio::null())
         .output()
@@ -456,7 +459,28 @@ fn ingest_into_an_up_dir_without_its_store_refuses_with_the_url() {
 /// POST a JSON document of `size` bytes over a raw connection, sending the
 /// whole body whatever the server does, then read the answer: the status
 /// and body, or the error that cut it.
-fn post_raw(base: &str, size: usize) -> Result<(u16, String), String> {
+/// The admin key `up` wrote into its data directory (auth is on by default).
+fn admin_key(data: &Path) -> String {
+    std::fs::read_to_string(data.join("admin.key"))
+        .expect("up wrote admin.key")
+        .trim()
+        .to_string()
+}
+
+/// A client that sends the cluster's admin key.
+fn admin_client(data: &Path) -> reqwest::blocking::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", admin_key(data)).parse().unwrap(),
+    );
+    reqwest::blocking::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
+fn post_raw(base: &str, size: usize, key: &str) -> Result<(u16, String), String> {
     let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
     let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -468,7 +492,7 @@ fn post_raw(base: &str, size: usize) -> Result<(u16, String), String> {
     body.resize(size, b' ');
     write!(
         s,
-        "POST /api/v1/documents HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {size}\r\n\r\n"
+        "POST /api/v1/documents HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {size}\r\n\r\n"
     )
     .map_err(|e| e.to_string())?;
     // A write error is what a client that reads no early answer sees; go
@@ -500,7 +524,8 @@ fn up_max_body_sets_one_limit_with_a_413_that_names_it() {
     let limit: usize = 3 << 20;
     let up = Up::start(dir.path(), &["--max-body", "3MiB"]);
     let node = node_url(&up.data);
-    let http = reqwest::blocking::Client::new();
+    let http = admin_client(&up.data);
+    let key = admin_key(&up.data);
     let info: Value = http
         .get(format!("{node}/api/v1/info"))
         .send()
@@ -510,7 +535,7 @@ fn up_max_body_sets_one_limit_with_a_413_that_names_it() {
     assert_eq!(info["limits"]["max_body_bytes"], json!(limit), "{info}");
 
     for i in 0..5 {
-        match post_raw(&up.gw, limit + 1) {
+        match post_raw(&up.gw, limit + 1, &key) {
             Ok((413, text)) => {
                 assert!(
                     text.contains("listen.max_body_size") && text.contains(&limit.to_string()),
@@ -531,12 +556,12 @@ fn up_max_body_sets_one_limit_with_a_413_that_names_it() {
     assert!(r.text().unwrap().contains("listen.max_body_size"));
 
     // The node alone, over its limit: its 413 names its key.
-    let (s, text) = post_raw(&node, limit + 1).unwrap();
+    let (s, text) = post_raw(&node, limit + 1, &key).unwrap();
     assert_eq!(s, 413, "{text}");
     assert!(text.contains("limits.max_body_bytes"), "{text}");
 
     // Just under the limit: stored through the gateway.
-    let (s, text) = post_raw(&up.gw, limit - 1024).unwrap();
+    let (s, text) = post_raw(&up.gw, limit - 1024, &key).unwrap();
     assert_eq!(s, 201, "{text}");
 }
 
@@ -575,7 +600,7 @@ servers = [{ addr = "127.0.0.1:9" }]
         );
         let node = node_url(&up.data);
         assert!(node.starts_with("http://127.0.0.1:"), "{gw_toml}");
-        let http = reqwest::blocking::Client::new();
+        let http = admin_client(&up.data);
         // Through the gateway: the page's API answers from our node.
         let r = http.get(format!("{}/api/v1/info", up.gw)).send().unwrap();
         assert_eq!(r.status(), 200, "round {round}");
@@ -584,7 +609,7 @@ servers = [{ addr = "127.0.0.1:9" }]
         // The user's route is there (its server does not answer: 502/503).
         let r = http.get(format!("{}/elsewhere/x", up.gw)).send().unwrap();
         assert!(r.status().is_server_error(), "{}", r.status());
-        let (s, text) = post_raw(&up.gw, (2 << 20) + 1).unwrap();
+        let (s, text) = post_raw(&up.gw, (2 << 20) + 1, &admin_key(&up.data)).unwrap();
         assert_eq!(s, 413, "{text}");
         assert!(text.contains(&(2u64 << 20).to_string()), "{text}");
         let status = up.stop();

@@ -432,4 +432,37 @@ fn admin_cli_on_a_data_dir_and_on_a_running_node() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The bootstrap admin gets a password for the page's login.
+    let passwd = |password: &str| {
+        use std::io::Write;
+        let mut child = ragfleet()
+            .env("RAGFLEET_DATA", &data)
+            .args(["admin", "--url", &node.base, "user", "passwd", "admin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = passwd("short");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 8 characters"));
+    json(&passwd("a long admin password"));
+    let login = |password: &str| {
+        reqwest::blocking::Client::new()
+            .post(format!("{}/api/v1/auth/login", node.base))
+            .json(&serde_json::json!({"user": "admin", "password": password}))
+            .send()
+            .unwrap()
+    };
+    let ok = login("a long admin password");
+    assert_eq!(ok.status(), 200);
+    assert!(ok.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .starts_with("ragfleet_session="));
+    assert_eq!(login("not the password").status(), 401);
 }

@@ -32,7 +32,16 @@ fn ragfleet() -> Command {
 }
 
 fn run(args: &[&str], paths: &[&Path]) -> (bool, String) {
-    let out = ragfleet().args(args).args(paths).output().unwrap();
+    run_with_key(args, paths, None)
+}
+
+/// [`run`], sending `key` (as `RAGFLEET_API_KEY`) when given.
+fn run_with_key(args: &[&str], paths: &[&Path], key: Option<&str>) -> (bool, String) {
+    let mut cmd = ragfleet();
+    if let Some(k) = key {
+        cmd.env("RAGFLEET_API_KEY", k);
+    }
+    let out = cmd.args(args).args(paths).output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -125,13 +134,17 @@ fn ready(base: &str) -> bool {
 }
 
 /// `GET path` → the JSON body, over a plain socket.
-fn get_json(base: &str, path: &str) -> serde_json::Value {
+fn get_json(base: &str, path: &str, key: &str) -> serde_json::Value {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .unwrap();
     let mut buf = String::new();
@@ -149,12 +162,17 @@ fn ingest_url_into_two_collections_keeps_both() {
     let docx =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../rag/tests/fixtures/ingest/good/bees.docx");
     let node = start_node(&data, &config);
+    // Auth is on: the CLI and the checks below use the node's admin key.
+    let key = std::fs::read_to_string(data.join("admin.key"))
+        .unwrap()
+        .trim()
+        .to_string();
     for (collection, want) in [
         ("team-a", "1 documents (1 new, 0 replaced, 0 unchanged)"),
         ("team-b", "1 documents (1 new, 0 replaced, 0 unchanged)"),
         ("team-a", "1 documents (0 new, 0 replaced, 1 unchanged)"),
     ] {
-        let (ok, out) = run(
+        let (ok, out) = run_with_key(
             &[
                 "ingest",
                 "--quiet",
@@ -164,12 +182,17 @@ fn ingest_url_into_two_collections_keeps_both() {
                 collection,
             ],
             &[&docx],
+            Some(&key),
         );
         assert!(ok, "{out}");
         assert!(out.contains(want), "{collection}: {out}");
     }
     for c in ["team-a", "team-b"] {
-        let page = get_json(&node.base, &format!("/api/v1/documents?collection={c}"));
+        let page = get_json(
+            &node.base,
+            &format!("/api/v1/documents?collection={c}"),
+            &key,
+        );
         assert_eq!(page["total"], 1, "{c} keeps its document: {page}");
         assert_eq!(page["items"][0]["source"], "bees.docx", "{page}");
     }

@@ -145,11 +145,11 @@ pub fn record_ingest_failure(n: usize) {
     }
 }
 
-/// Gauges read at scrape time.
-pub fn update_gauges(state: &crate::state::AppState) {
-    metrics::gauge!("ragfleet_node_generations_running").set(state.gate.running() as f64);
-    if let Some(engine) = state.engine_opt() {
-        let s = engine.stats();
+/// Gauges read at scrape time: generations running, and the engine's
+/// counters once it is open.
+pub fn update_gauges(generations_running: usize, stats: Option<ragfleet_rag::EngineStats>) {
+    metrics::gauge!("ragfleet_node_generations_running").set(generations_running as f64);
+    if let Some(s) = stats {
         metrics::gauge!("ragfleet_node_documents").set(s.documents as f64);
         metrics::gauge!("ragfleet_node_chunks").set(s.chunks as f64);
         metrics::gauge!("ragfleet_node_vector_index_size").set(s.vector_index_size as f64);

@@ -122,7 +122,7 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/chat", post(api::chat::chat))
         .route("/chat/ws", get(api::ws::chat_ws))
-        .route("/chat/runs/{run_id}/events", get(crate::runs::resume))
+        .route("/chat/runs/{run_id}/events", get(api::resume::resume))
         .route("/conversations", get(api::conversations::list))
         .route(
             "/conversations/{id}",
@@ -155,7 +155,7 @@ pub fn router(state: SharedState) -> Router {
     let openai = Router::new()
         .route("/chat/completions", post(api::openai::completions))
         .route("/models", get(api::openai::models));
-    let auth = axum::middleware::from_fn_with_state(state.clone(), crate::auth::authenticate);
+    let auth = axum::middleware::from_fn_with_state(state.clone(), api::authn::authenticate);
     let api = Router::new()
         .merge(data.route_layer(auth.clone()))
         .route("/auth/login", post(api::admin::login))

@@ -13,16 +13,6 @@ use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::runs::BufferedEvent;
 use crate::state::SharedState;
 
-/// The SSE `event:` name of an event (= its `type`).
-pub fn event_name(ev: &ChatEvent) -> &'static str {
-    match ev {
-        ChatEvent::Retrieval { .. } => "retrieval",
-        ChatEvent::Token { .. } => "token",
-        ChatEvent::Done { .. } => "done",
-        ChatEvent::Error { .. } => "error",
-    }
-}
-
 /// Records the outcome of a chat when its stream ends, however it ends.
 struct Outcome {
     generator: String,
@@ -146,7 +136,7 @@ pub async fn chat(
     let req = body.into_request(&state.config.limits, &state.engine()?.config().generation)?;
     if stream {
         let (run_id, events) = start_buffered(&state, &principal, req).await?;
-        let mut resp = crate::runs::sse_events(events);
+        let mut resp = super::resume::sse_events(events);
         if let Some(v) = run_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
             resp.headers_mut().insert("x-ragfleet-run-id", v);
         }

@@ -4,7 +4,7 @@ use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
 use super::types::*;
-use super::{admin, chat, conversations, documents, openai, ops, search, ws};
+use super::{admin, chat, conversations, documents, openai, ops, resume, search, ws};
 use crate::error::{ErrorBody, ErrorDetail};
 
 #[derive(OpenApi)]
@@ -13,7 +13,7 @@ use crate::error::{ErrorBody, ErrorDetail};
     paths(
         documents::create, documents::batch, documents::list, documents::get, documents::delete,
         search::search, search::search_get,
-        chat::chat, ws::chat_ws, crate::runs::resume,
+        chat::chat, ws::chat_ws, resume::resume,
         conversations::list, conversations::get, conversations::delete, conversations::run,
         openai::completions, openai::models,
         ops::health, ops::ready, ops::metrics, ops::info,

@@ -124,7 +124,7 @@ pub async fn ready(State(state): State<SharedState>) -> ApiResult<ApiJson<Ready>
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
-    crate::metrics::update_gauges(&state);
+    crate::metrics::update_gauges(state.gate.running(), state.engine_opt().map(|e| e.stats()));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
