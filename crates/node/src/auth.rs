@@ -85,6 +85,8 @@ pub enum Via {
     Anonymous,
     /// The gateway's signed identity header.
     Gateway,
+    /// A single-sign-on JWT (`[auth.jwt]`).
+    Jwt,
 }
 
 /// Who is calling, and what they may do.

@@ -108,6 +108,100 @@ pub struct AuthConfig {
     /// is stripped. Empty: never trusted. Never printed.
     #[serde(skip_serializing)]
     pub gateway_secret: String,
+    /// Single sign-on: accept bearer JWTs of this identity provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
+}
+
+/// `[auth.jwt]`: bearer JWTs from an external identity provider
+/// (docs/security.md). `issuer`, `audience` and `jwks_url` are required.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// The `iss` a token must carry.
+    pub issuer: String,
+    /// A value `aud` must hold.
+    pub audience: String,
+    /// The provider's JSON Web Key Set (http or https).
+    pub jwks_url: String,
+    /// Signature algorithms accepted (RS256, RS384, RS512, PS256, PS384,
+    /// PS512, ES256, ES384, EdDSA); never `none` nor HMAC.
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_s: u64,
+    /// The claim naming the user.
+    pub user_claim: String,
+    /// The claim holding roles (`admin`, `editor`, `reader`; the highest
+    /// wins; none: `reader`).
+    pub roles_claim: String,
+    /// The claim holding the collections granted (`*`: all).
+    pub collections_claim: String,
+    /// Put before the user claim to make the principal's name, so that an
+    /// identity-provider user is never taken for a local user.
+    pub name_prefix: String,
+    /// An unknown `kid` refetches the key set at most this often.
+    pub jwks_refetch_s: u64,
+    /// Keys older than this are refetched before use.
+    pub jwks_max_age_s: u64,
+    pub jwks_timeout_ms: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_url: String::new(),
+            algorithms: vec!["RS256".into(), "ES256".into()],
+            leeway_s: 60,
+            user_claim: "sub".into(),
+            roles_claim: "roles".into(),
+            collections_claim: "collections".into(),
+            name_prefix: "sso:".into(),
+            jwks_refetch_s: 30,
+            jwks_max_age_s: 3600,
+            jwks_timeout_ms: 5000,
+        }
+    }
+}
+
+impl JwtConfig {
+    fn validate(&self) -> Result<(), String> {
+        for (k, v) in [
+            ("issuer", &self.issuer),
+            ("audience", &self.audience),
+            ("jwks_url", &self.jwks_url),
+        ] {
+            if v.trim().is_empty() {
+                return Err(format!("auth.jwt.{k} is required"));
+            }
+        }
+        if !(self.jwks_url.starts_with("https://") || self.jwks_url.starts_with("http://")) {
+            return Err(format!(
+                "auth.jwt.jwks_url must be an http(s) URL, not {:?}",
+                self.jwks_url
+            ));
+        }
+        if self.algorithms.is_empty() {
+            return Err("auth.jwt.algorithms must name at least one algorithm".into());
+        }
+        for a in &self.algorithms {
+            let ok = [
+                "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+            ]
+            .contains(&a.as_str());
+            if !ok {
+                return Err(format!(
+                    "auth.jwt.algorithms: {a:?} is not accepted (RS256, RS384, RS512, PS256, \
+                     PS384, PS512, ES256, ES384 or EdDSA; never none or HMAC)"
+                ));
+            }
+        }
+        if self.user_claim.is_empty() {
+            return Err("auth.jwt.user_claim must name a claim".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for AuthConfig {
@@ -119,6 +213,7 @@ impl Default for AuthConfig {
             max_failed_logins: 5,
             login_window_s: 300,
             gateway_secret: String::new(),
+            jwt: None,
         }
     }
 }
@@ -610,6 +705,9 @@ impl NodeConfig {
                 "auth.cache_ttl_ms must be at most 1000 (revoked keys must stop working within it)"
                     .into(),
             ));
+        }
+        if let Some(j) = &self.auth.jwt {
+            j.validate().map_err(ConfigError::Invalid)?;
         }
         if self.auth.session_ttl_s == 0 || self.auth.login_window_s == 0 {
             return Err(ConfigError::Invalid(

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod gate;
+pub mod jwt;
 pub mod membership;
 pub mod metrics;
 pub mod runs;

@@ -38,6 +38,8 @@ pub struct AppState {
     pub registered: AtomicBool,
     /// Verified credentials (≤ 1 s) and the login throttle.
     pub auth: crate::auth::AuthState,
+    /// Verifies single-sign-on JWTs (`[auth.jwt]`).
+    pub jwt: Option<crate::jwt::JwtVerifier>,
 }
 
 impl AppState {
@@ -51,6 +53,7 @@ impl AppState {
         let runs = RunHub::new(&config.streams, &config.redis).map_err(ConfigError::Invalid)?;
         Ok(Self {
             auth: crate::auth::AuthState::new(&config.auth),
+            jwt: config.auth.jwt.clone().map(crate::jwt::JwtVerifier::new),
             runs: Arc::new(runs),
             node_id: OnceLock::new(),
             advertise: OnceLock::new(),

@@ -24,7 +24,7 @@ pub struct Me {
     pub role: String,
     /// The collections visible to the caller; absent: all.
     pub collections: Option<Vec<String>>,
-    /// `key`, `session` or `anonymous`.
+    /// `key`, `session`, `jwt`, `gateway` or `anonymous`.
     pub via: String,
 }
 
@@ -38,6 +38,7 @@ fn me_of(p: &Principal) -> Me {
             crate::auth::Via::Session => "session",
             crate::auth::Via::Anonymous => "anonymous",
             crate::auth::Via::Gateway => "gateway",
+            crate::auth::Via::Jwt => "jwt",
         }
         .into(),
     }

@@ -5,7 +5,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use ragfleet_rag::store::principals::{ct_eq, is_past, key_id, sha256_hex};
+use ragfleet_rag::store::principals::{ct_eq, is_past, key_id, sha256_hex, Role, Scope};
 
 use crate::auth::{
     bearer, cookie, request_id, verified_subject, Cached, Principal, Via, CSRF_HEADER,
@@ -64,6 +64,9 @@ async fn resolve(
         ApiError::unauthorized("the Authorization header is not `Bearer <API key>`", true)
     })?;
     if let Some(token) = token {
+        if let (Some(jwt), true) = (&state.jwt, crate::jwt::looks_like_jwt(token)) {
+            return resolve_jwt(jwt, token, rid).await;
+        }
         return resolve_key(state, token, rid).await;
     }
     if let Some(session) = cookie(headers, SESSION_COOKIE) {
@@ -73,6 +76,30 @@ async fn resolve(
         "credentials needed: `Authorization: Bearer <API key>` or a login session",
         false,
     ))
+}
+
+/// A single-sign-on JWT (`[auth.jwt]`; the rules are in [`crate::jwt`]).
+async fn resolve_jwt(
+    jwt: &crate::jwt::JwtVerifier,
+    token: &str,
+    rid: String,
+) -> Result<Principal, ApiError> {
+    let id = jwt.verify(token).await.map_err(|e| {
+        tracing::info!(reason = %e, "a JWT was refused");
+        ApiError::unauthorized(e.to_string(), true)
+    })?;
+    let scope = if id.role == Role::Admin {
+        Scope::All
+    } else {
+        Scope::from_grants(&id.collections)
+    };
+    Ok(Principal {
+        name: id.name,
+        role: id.role,
+        scope,
+        via: Via::Jwt,
+        request_id: rid,
+    })
 }
 
 async fn resolve_key(state: &SharedState, token: &str, rid: String) -> Result<Principal, ApiError> {
