@@ -881,12 +881,7 @@ impl Engine {
             .store
             .list_documents(collection, offset, limit)
             .await?;
-        Ok(Page {
-            items: p.items.into_iter().map(doc_info).collect(),
-            total: p.total,
-            offset: p.offset,
-            limit: p.limit,
-        })
+        Ok(doc_page(p))
     }
 
     /// Removes a document from the store, then (in sequence order, like
@@ -1437,12 +1432,7 @@ impl Engine {
             .store
             .list_documents_in(collections, offset, limit)
             .await?;
-        Ok(Page {
-            items: p.items.into_iter().map(doc_info).collect(),
-            total: p.total,
-            offset: p.offset,
-            limit: p.limit,
-        })
+        Ok(doc_page(p))
     }
 
     /// `(documents, chunks)` in the collections of `scope` (no I/O).
@@ -1485,6 +1475,16 @@ fn embed_text(title: &str, text: &str) -> String {
         text.to_string()
     } else {
         format!("{title}\n{text}")
+    }
+}
+
+/// A page of stored documents as the API shows them.
+fn doc_page(p: Page<crate::store::DocumentRecord>) -> Page<DocumentInfo> {
+    Page {
+        items: p.items.into_iter().map(doc_info).collect(),
+        total: p.total,
+        offset: p.offset,
+        limit: p.limit,
     }
 }
 

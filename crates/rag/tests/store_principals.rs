@@ -1,6 +1,7 @@
 //! Principals in the store (issue 14), on both backends: users with grants,
 //! API keys (only hashes stored), sessions, the bootstrap admin, and the
 //! owner of conversations and runs (older rows belong to the admin).
+#[macro_use]
 mod store_support;
 
 use ragfleet_rag::generate::{GenParams, Role as TurnRole};
@@ -11,23 +12,6 @@ use ragfleet_rag::store::{DocumentRecord, NewChunk};
 use ragfleet_rag::types::RetrievalMode;
 use ragfleet_rag::{RagError, RunRetrieval, RunSnapshot, Timings, Turn, Usage};
 use store_support::TestStore;
-
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() {
-                super::$test(super::TestStore::sqlite().await).await
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() {
-                super::$test(super::TestStore::postgres().await).await
-            })*
-        }
-    };
-}
 
 suite!(
     users_grants_and_passwords,

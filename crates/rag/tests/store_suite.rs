@@ -2,6 +2,7 @@
 //! PostgreSQL (a schema of its own per test). Documents + chunks + change
 //! log, conversations, runs, the change log's ordering under concurrent
 //! writers, notifications, configuration errors.
+#[macro_use]
 mod store_support;
 
 use std::collections::BTreeSet;
@@ -14,24 +15,6 @@ use ragfleet_rag::types::{Metadata, RetrievalMode};
 use ragfleet_rag::{RagError, RunRetrieval, RunSnapshot, StoreConfig, Timings, Turn, Usage};
 use serde_json::json;
 use store_support::TestStore;
-
-/// Each test once per backend.
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() {
-                super::$test(super::TestStore::sqlite().await).await
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() {
-                super::$test(super::TestStore::postgres().await).await
-            })*
-        }
-    };
-}
 
 suite!(
     upsert_replace_delete_and_change_log,

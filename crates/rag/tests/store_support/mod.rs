@@ -144,3 +144,24 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Each test once per backend: `suite!(a, b)` makes `sqlite::a`,
+/// `postgres::a`, … calling `a(TestStore)` (the test file imports
+/// `TestStore`).
+#[allow(unused_macros)]
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test(super::TestStore::sqlite().await).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test(super::TestStore::postgres().await).await
+            })*
+        }
+    };
+}
