@@ -4,13 +4,21 @@
 //!   import each other, directly or through others: the `crate::…` and
 //!   `super::…` paths of a file (outside its `#[cfg(test)]` part) are
 //!   resolved to the deepest module file that exists, and the strongly
-//!   connected components of that graph must all be single files. (The
-//!   gateway is not listed yet: its layering is issue 16.)
+//!   connected components of that graph must all be single files (as
+//!   `shared/tools/import-cycles.py` counts them: a parent's bare use of
+//!   its own child module, `state::X` after `mod state;`, is not an edge).
+//! - **The gateway's layers** (`base ← http ← upstream ← proxy ← app`): a
+//!   module imports from its own layer or the ones below, never above, and
+//!   only through the layers' own paths (not the crate root's re-exports,
+//!   which would hide the direction).
 //! - **The gateway knows nothing of RAG, the engine nothing of HTTP.**
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const ACYCLIC: &[&str] = &["rag", "node", "models", "cli"];
+const ACYCLIC: &[&str] = &["rag", "node", "models", "cli", "gateway"];
+
+/// The gateway's layers, lowest first.
+const GATEWAY_LAYERS: &[&str] = &["base", "http", "upstream", "proxy", "app"];
 
 fn crates_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -42,14 +50,18 @@ fn module_files(src: &Path) -> BTreeMap<Module, PathBuf> {
     out
 }
 
-/// The `crate::`/`super::` paths of a file's non-test code, comments removed.
-fn paths_in(text: &str) -> Vec<(bool, Vec<String>)> {
+/// The code of a file outside its `#[cfg(test)]` part, comments removed.
+fn code_of(text: &str) -> String {
     let code = text.split("#[cfg(test)]").next().unwrap_or("");
-    let code: String = code
-        .lines()
+    code.lines()
         .map(|l| l.split("//").next().unwrap_or(""))
         .collect::<Vec<_>>()
-        .join("\n");
+        .join("\n")
+}
+
+/// The `crate::`/`super::` paths of a file's non-test code, comments removed.
+fn paths_in(text: &str) -> Vec<(bool, Vec<String>)> {
+    let code = code_of(text);
     let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let mut out = Vec::new();
     for (root, is_crate) in [("crate::", true), ("super::", false)] {
@@ -121,6 +133,42 @@ fn import_graph(src: &Path) -> BTreeMap<Module, BTreeSet<Module>> {
         }
     }
     edges
+}
+
+/// Imports that point from a gateway layer to a layer above it, and
+/// `crate::` paths that skip the layers (the crate root's re-exports).
+fn layer_violations(src: &Path) -> Vec<String> {
+    let rank = |m: &Module| {
+        m.first()
+            .and_then(|l| GATEWAY_LAYERS.iter().position(|x| x == l))
+    };
+    let mut out = Vec::new();
+    for (m, targets) in import_graph(src) {
+        let Some(from) = rank(&m) else {
+            continue;
+        };
+        for t in targets {
+            match rank(&t) {
+                Some(to) if to <= from => {}
+                _ => out.push(format!("{} imports {}", m.join("/"), t.join("/"))),
+            }
+        }
+    }
+    for (m, p) in module_files(src) {
+        if m.is_empty() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        for (is_crate, segs) in paths_in(&text) {
+            let first = segs.first().map(String::as_str).unwrap_or("");
+            if is_crate && !GATEWAY_LAYERS.contains(&first) {
+                out.push(format!("{} uses crate::{}", m.join("/"), segs.join("::")));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Strongly connected components with more than one file (Tarjan).
@@ -225,6 +273,46 @@ fn the_cycle_check_sees_a_cycle() {
             vec!["api".to_string(), "chat".to_string()],
             vec!["state".to_string()]
         ]]
+    );
+}
+
+#[test]
+fn gateway_layers_import_only_downwards() {
+    let found = layer_violations(&crates_dir().join("gateway").join("src"));
+    assert!(
+        found.is_empty(),
+        "imports against the gateway's layering (base ← http ← upstream ← proxy ← app):\n{}",
+        found.join("\n")
+    );
+}
+
+/// The layer check sees an upward import and a root re-export used as a
+/// shortcut.
+#[test]
+fn the_layer_check_sees_violations() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = |p: &str, t: &str| {
+        let p = dir.path().join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, t).unwrap();
+    };
+    w(
+        "lib.rs",
+        "pub mod base; pub mod http;\npub use http::conn;\n",
+    );
+    w("base/mod.rs", "pub mod clock;\n");
+    w("base/clock.rs", "use crate::http::conn::Handler;\n");
+    w("http/mod.rs", "pub mod conn;\npub use conn::Handler;\n");
+    w(
+        "http/conn.rs",
+        "use crate::base::clock::now;\nuse crate::conn::X;\n",
+    );
+    assert_eq!(
+        layer_violations(dir.path()),
+        vec![
+            "base/clock imports http/conn".to_string(),
+            "http/conn uses crate::conn::X".to_string(),
+        ]
     );
 }
 
