@@ -71,6 +71,10 @@ pub struct Args {
     /// admin. For experiments only; the node says so loudly.
     #[arg(long, env = "RAGFLEET_NO_AUTH")]
     pub no_auth: bool,
+    /// Proxies whose X-Forwarded-For names the client (addresses or CIDR
+    /// ranges, comma-separated): `[auth] trusted_proxies`.
+    #[arg(long, env = "RAGFLEET_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
     /// Print the effective configuration (TOML) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -143,6 +147,14 @@ impl Args {
         }
         if self.no_auth {
             cfg.auth.enabled = false;
+        }
+        if !self.trusted_proxies.is_empty() {
+            cfg.auth.trusted_proxies = self
+                .trusted_proxies
+                .iter()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect();
         }
         cfg.validate()?;
         Ok(cfg)

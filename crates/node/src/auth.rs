@@ -301,6 +301,39 @@ impl AuthState {
 
 /// One structured audit record per security-relevant action (target
 /// `ragfleet::audit`), never with a secret.
+/// The client's address behind trusted proxies: `peer` unless it is one of
+/// `trusted`; then `X-Forwarded-For` is read from the right (each proxy
+/// appends the address it saw), skipping trusted hops, and the first
+/// address not trusted is the client. A malformed entry stops the walk at
+/// the hop that sent it; only trusted hops all the way: the leftmost.
+pub fn client_ip(
+    headers: &http::HeaderMap,
+    peer: std::net::IpAddr,
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.trim().parse::<std::net::IpAddr>() else {
+            return client;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            return ip;
+        }
+    }
+    client
+}
+
 pub fn audit(action: &str, principal: &str, request_id: &str, outcome: &str, detail: &str) {
     tracing::info!(
         target: "ragfleet::audit",
@@ -395,4 +428,56 @@ pub fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     }
     f.write_all(text.as_bytes())?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xff(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn client_ip_trusts_forwarded_for_only_from_trusted_proxies() {
+        let nets: Vec<ipnet::IpNet> =
+            vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        // An untrusted peer is the client, whatever it claims.
+        assert_eq!(
+            client_ip(&xff("1.2.3.4"), ip("192.0.2.9"), &nets),
+            ip("192.0.2.9")
+        );
+        // A trusted peer: the rightmost untrusted hop.
+        assert_eq!(
+            client_ip(&xff("1.2.3.4, 5.6.7.8"), ip("10.1.1.1"), &nets),
+            ip("5.6.7.8")
+        );
+        assert_eq!(
+            client_ip(&xff("1.2.3.4, 10.2.2.2"), ip("::1"), &nets),
+            ip("1.2.3.4")
+        );
+        // A forged leftmost entry does not win over the hop a proxy added.
+        assert_eq!(
+            client_ip(&xff("6.6.6.6, 5.6.7.8"), ip("10.1.1.1"), &nets),
+            ip("5.6.7.8")
+        );
+        // Malformed: stop at the hop that sent it.
+        assert_eq!(
+            client_ip(&xff("1.2.3.4, junk"), ip("10.1.1.1"), &nets),
+            ip("10.1.1.1")
+        );
+        // No header: the peer.
+        assert_eq!(
+            client_ip(&HeaderMap::new(), ip("10.1.1.1"), &nets),
+            ip("10.1.1.1")
+        );
+        // Nothing trusted: never the header.
+        assert_eq!(
+            client_ip(&xff("1.2.3.4"), ip("10.1.1.1"), &[]),
+            ip("10.1.1.1")
+        );
+    }
 }

@@ -111,6 +111,29 @@ pub struct AuthConfig {
     /// Single sign-on: accept bearer JWTs of this identity provider.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtConfig>,
+    /// Proxies (addresses or CIDR ranges, e.g. the gateway's) whose
+    /// `X-Forwarded-For` names the client for login throttling and audit
+    /// records. From any other peer the header is ignored. Empty: the peer
+    /// is always the client (behind a gateway, every client would then
+    /// share the gateway's address and its login throttle).
+    pub trusted_proxies: Vec<String>,
+}
+
+impl AuthConfig {
+    /// `trusted_proxies` parsed (single addresses as /32 or /128).
+    pub fn trusted_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|t| {
+                let t = t.trim();
+                t.parse::<ipnet::IpNet>()
+                    .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!("auth.trusted_proxies: {t:?} is not an IP address or CIDR range")
+                    })
+            })
+            .collect()
+    }
 }
 
 /// `[auth.jwt]`: bearer JWTs from an external identity provider
@@ -214,6 +237,7 @@ impl Default for AuthConfig {
             login_window_s: 300,
             gateway_secret: String::new(),
             jwt: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -709,6 +733,7 @@ impl NodeConfig {
         if let Some(j) = &self.auth.jwt {
             j.validate().map_err(ConfigError::Invalid)?;
         }
+        self.auth.trusted_nets().map_err(ConfigError::Invalid)?;
         if self.auth.session_ttl_s == 0 || self.auth.login_window_s == 0 {
             return Err(ConfigError::Invalid(
                 "auth.session_ttl_s and auth.login_window_s must be >= 1".into(),

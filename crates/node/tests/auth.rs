@@ -792,6 +792,47 @@ async fn login_session_csrf_logout_and_throttling() {
     node.stop().await.unwrap();
 }
 
+/// Behind a gateway every login comes from the gateway's address: the
+/// per-address throttle then reads `X-Forwarded-For`, but only from a peer
+/// in `[auth] trusted_proxies`. Trusted: two clients throttled apart.
+/// Not trusted (the default): the header is ignored and both count as the
+/// one peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_throttle_reads_x_forwarded_for_only_from_trusted_proxies() {
+    let http = reqwest::Client::new();
+    for trusted in [true, false] {
+        let node = TestNode::start(|c| {
+            c.auth.max_failed_logins = 2;
+            if trusted {
+                c.auth.trusted_proxies = vec!["127.0.0.0/8".into()];
+            }
+        })
+        .await;
+        let login = |user: &str, xff: &str| {
+            http.post(node.url("/api/v1/auth/login"))
+                .header("x-forwarded-for", xff)
+                .json(&json!({"user": user, "password": "not the password"}))
+                .send()
+        };
+        // Two failures from client A (different users: the per-user
+        // throttle stays out of it) use up A's allowance.
+        for user in ["u1", "u2"] {
+            let r = login(user, "198.51.100.7, 203.0.113.1").await.unwrap();
+            assert_eq!(r.status(), 401);
+        }
+        let r = login("u3", "203.0.113.1").await.unwrap();
+        assert_eq!(r.status(), 429, "client A is throttled (trusted={trusted})");
+        let r = login("u4", "203.0.113.2").await.unwrap();
+        let want = if trusted { 401 } else { 429 };
+        assert_eq!(
+            r.status(),
+            want,
+            "client B shares A's throttle only when X-Forwarded-For is not trusted"
+        );
+        node.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_identity_header_needs_its_hmac() {
     let secret = "a shared gateway secret";

@@ -442,12 +442,11 @@ pub struct LoginResponse {
     pub csrf: String,
 }
 
-fn client_addr(headers: &HeaderMap, peer: Option<std::net::SocketAddr>) -> String {
-    // X-Forwarded-For is not trusted here (no trusted proxies configured):
-    // the peer address is the client.
-    let _ = headers;
-    peer.map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
+/// The client's address: the peer, or from a peer in
+/// `[auth] trusted_proxies`, what its `X-Forwarded-For` says.
+fn client_addr(state: &SharedState, headers: &HeaderMap, peer: std::net::SocketAddr) -> String {
+    let trusted = state.config.auth.trusted_nets().unwrap_or_default();
+    crate::auth::client_ip(headers, peer.ip(), &trusted).to_string()
 }
 
 /// Log in with user and password: sets the session cookie (HttpOnly,
@@ -463,7 +462,7 @@ pub async fn login(
     ApiJson(body): ApiJson<LoginBody>,
 ) -> ApiResult<Response> {
     let cfg = &state.config.auth;
-    let addr = client_addr(&headers, Some(peer));
+    let addr = client_addr(&state, &headers, peer);
     let window = Duration::from_secs(cfg.login_window_s);
     let (user_key, addr_key) = (format!("u:{}", body.user), format!("a:{addr}"));
     let rid = headers
