@@ -12,12 +12,15 @@ use crate::proxy::state::Shared;
 /// `max_connections_per_ip` (over it, the connection is still served and
 /// each request answered 503 by the hygiene rules), then hand it to the
 /// HTTP layer with the proxy as its handler.
-pub(crate) async fn accept(
+///
+/// A plain function returning the HTTP layer's future: no extra async
+/// level around every poll of the connection.
+pub(crate) fn accept(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
     stop: CancellationToken,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let (slot, refused) = match shared.edge.conn_limiter.acquire(peer.ip()) {
         Ok(slot) => (slot.map(|s| Box::new(s) as ConnSlot), false),
         Err(()) => {
@@ -25,5 +28,5 @@ pub(crate) async fn accept(
             (None, true)
         }
     };
-    crate::http::serve::serve(shared, stream, peer, slot, refused, stop).await
+    crate::http::serve::serve(shared, stream, peer, slot, refused, stop)
 }

@@ -337,8 +337,9 @@ async fn proxy(
     obs: ObsRef,
 ) -> Response<ProxyBody> {
     let cfg = &pool.cfg;
-    let (mut out, ctx) = match prepare(shared, pool, peer, req, request_id).await {
-        Ok(x) => x,
+    let (mut out, ctx, body, content_length) = prepare(shared, pool, peer, req, request_id);
+    out.payload = match payload(shared, pool, body, content_length, &out.conn_info).await {
+        Ok(p) => p,
         Err(res) => return res,
     };
     pool.budget.deposit();
@@ -415,16 +416,17 @@ async fn proxy(
     no_answer(pool, last_error)
 }
 
-/// The rewrite and body phases: the headers and body every attempt sends,
-/// and what the balancer needs to pick. A client fault while reading the
-/// body is answered here.
-async fn prepare(
+/// The rewrite phase: the headers every attempt sends and what the
+/// balancer needs to pick; the body and its declared length go on to the
+/// body phase ([`payload`]), which fills `Outbound::payload`.
+#[inline]
+fn prepare(
     shared: &Arc<Shared>,
     pool: &Arc<Pool>,
     peer: SocketAddr,
     mut req: Request<ClientBody>,
     request_id: HeaderValue,
-) -> Result<(Outbound, PickCtx), Response<ProxyBody>> {
+) -> (Outbound, PickCtx, ClientBody, Option<u64>) {
     // From the gateway's own HTTP/1.1 server: no hop-by-hop headers, no upgrade.
     let own_server = matches!(req.body(), ClientBody::Buffered(_));
     let websocket = !own_server && is_websocket(req.headers());
@@ -453,7 +455,6 @@ async fn prepare(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let payload = payload(shared, pool, incoming, content_length, &conn_info).await?;
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -465,15 +466,16 @@ async fn prepare(
         headers,
         forwarded,
         client_host,
-        payload,
+        payload: Payload::Empty,
         client_upgrade,
         conn_info,
     };
-    Ok((out, ctx))
+    (out, ctx, incoming, content_length)
 }
 
 /// The forwarding headers. The gateway's own client writes them after the
 /// client's headers; hyper's gets them inserted into its copy of the map.
+#[inline]
 fn forwarded_headers(
     shared: &Shared,
     peer: SocketAddr,
@@ -584,6 +586,7 @@ async fn send(
 /// The request for hyper's client (`None`: the streamed body was taken).
 // The refusal is the response itself, as large as the request it replaces.
 #[allow(clippy::result_large_err)]
+#[inline]
 fn hyper_request(
     host: HostMode,
     server: &Server,
@@ -635,6 +638,7 @@ fn hyper_request(
 /// An upstream answered: passive health and latency, retry on a failure
 /// status, the WebSocket tunnel on 101, else the response.
 #[allow(clippy::too_many_arguments)]
+#[inline]
 fn judge(
     shared: &Arc<Shared>,
     pool: &Pool,
@@ -690,6 +694,7 @@ fn judge(
 /// counts against the upstream.
 // The refusal is the response itself, as large as the request it replaces.
 #[allow(clippy::result_large_err)]
+#[inline]
 fn failed(
     shared: &Shared,
     out: &Outbound,
@@ -729,6 +734,7 @@ fn failed(
 /// client did not send (the client's fault).
 // The refusal is the response itself, as large as the request it replaces.
 #[allow(clippy::result_large_err)]
+#[inline]
 fn timed_out(
     shared: &Shared,
     out: &Outbound,
@@ -744,6 +750,7 @@ fn timed_out(
 
 /// The respond phase: the upstream's response, streamed back under the
 /// idle and total timeouts.
+#[inline]
 fn respond(
     timeouts: &crate::base::config::Timeouts,
     mut res: Response<UpstreamInner>,

@@ -541,6 +541,7 @@ impl HeadFacts {
 
 /// The header names (into `names`, with each value's offset from `base`)
 /// and the framing facts of a parsed head.
+#[inline]
 fn scan_headers(
     parsed: &[httparse::Header<'_>],
     base: usize,
@@ -605,6 +606,7 @@ fn scan_headers(
 /// The headers passed on to the client: values sliced from the head's
 /// bytes, without hop-by-hop headers or a Content-Length that chunked
 /// framing overrides.
+#[inline]
 fn response_headers(
     head: &Bytes,
     names: &mut Vec<(HeaderName, usize, usize)>,

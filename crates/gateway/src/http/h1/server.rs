@@ -331,6 +331,7 @@ where
     /// The response head into `out`: status line, the headers (framing
     /// and Connection are the server's own), Date and HSTS. Returns the
     /// body's framing and whether the connection closes after it.
+    #[inline]
     fn write_head(
         &mut self,
         parts: &http::response::Parts,
@@ -482,6 +483,7 @@ where
 
     /// One data frame under the body's framing. `Ok(false)`: more than
     /// announced arrived (sent up to the length; the connection closes).
+    #[inline]
     async fn write_data(&mut self, mut data: Bytes, framing: &mut Framing) -> io::Result<bool> {
         if data.is_empty() {
             return Ok(true);
