@@ -117,6 +117,7 @@ impl Gateway {
             },
             rate_limiter: ArcSwap::new(limits::RateLimiter::new(&config.rate_limit).await),
             conn_limiter: limits::ConnLimiter::new(config.listen.max_connections_per_ip),
+            unauthenticated: Default::default(),
             client_body_timeout: Some(config.listen.client_body_timeout.0).filter(|d| !d.is_zero()),
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
@@ -128,6 +129,7 @@ impl Gateway {
             edge,
             metrics: Arc::new(metrics::Metrics::default()),
             access_log: ArcSwap::from_pointee(config.access_log.clone()),
+            auth: ArcSwap::from_pointee(config.auth.clone()),
         });
         // The edge's counters (TLS, rate limits, hygiene) join /metrics.
         let weak = Arc::downgrade(&core);

@@ -236,6 +236,7 @@ impl GatewayHandle {
         }
         let summary = swap(shared, &cfg);
         shared.access_log.store(Arc::new(cfg.access_log.clone()));
+        shared.auth.store(Arc::new(cfg.auth.clone()));
         shared.ops.config.store(Arc::new(cfg));
         shared.metrics.reload_result(true);
         tracing::info!(

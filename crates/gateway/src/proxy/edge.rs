@@ -15,6 +15,8 @@ pub(crate) struct Edge {
     /// Swapped whole when the rules change (reload).
     pub(crate) rate_limiter: arc_swap::ArcSwap<RateLimiter>,
     pub(crate) conn_limiter: Arc<ConnLimiter>,
+    /// Requests refused 401 for carrying no credential.
+    pub(crate) unauthenticated: std::sync::atomic::AtomicU64,
     /// `listen.client_body_timeout` (None: never).
     pub(crate) client_body_timeout: Option<Duration>,
 }
@@ -60,6 +62,13 @@ impl Edge {
             "counter",
             "Connections refused by max_connections_per_ip (limit_conn).",
             self.conn_limiter.refused(),
+        );
+        one(
+            "ragfleet_gateway_unauthenticated_total",
+            "counter",
+            "Requests refused with 401 for carrying no credential ([auth] require_credentials).",
+            self.unauthenticated
+                .load(std::sync::atomic::Ordering::Relaxed),
         );
         let c = &self.serve.counters;
         one(

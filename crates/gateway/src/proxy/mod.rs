@@ -3,7 +3,8 @@
 //!
 //! - [`request`]: the request path in phases (admit, route, pick,
 //!   rewrite, send, respond, log);
-//! - [`hygiene`]: what a request must look like; [`limits`]: rate and
+//! - [`hygiene`]: what a request must look like; [`authn`]: 401 for a
+//!   request without any credential (`[auth] require_credentials`); [`limits`]: rate and
 //!   connection limits; [`edge`]: the connection limit at accept and the
 //!   edge's settings and counters;
 //! - [`access_log`]: one line per request; [`metrics`]: per-instance
@@ -13,6 +14,7 @@
 //! [`Handler`]: crate::http::conn::Handler
 pub mod accept;
 pub mod access_log;
+pub mod authn;
 pub mod edge;
 pub mod hygiene;
 pub mod limits;

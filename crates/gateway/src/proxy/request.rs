@@ -222,19 +222,23 @@ pub(crate) async fn handle(
     // and its future again).
     let obs = crate::proxy::access_log::begin(&shared, peer, &req);
     let request_id = request_id_of(req.headers());
-    // Hygiene and rate limits first: routes match the normalised path.
+    // Hygiene, credentials and rate limits first: routes match the
+    // normalised path.
     let admitted = match crate::proxy::hygiene::check(&shared, req) {
-        Ok(req) => {
-            let limiter = shared.edge.rate_limiter.load();
-            if limiter.is_empty() {
-                Ok(req)
-            } else {
-                // Boxed: only requests under rate-limit rules carry the
-                // limiter's (Redis-capable) future.
-                let limiter = arc_swap::Guard::into_inner(limiter);
-                Box::pin(crate::proxy::hygiene::rate_limit(peer, req, limiter)).await
+        Ok(req) => match crate::proxy::authn::admit(&shared, &req) {
+            Err(res) => Err(res),
+            Ok(()) => {
+                let limiter = shared.edge.rate_limiter.load();
+                if limiter.is_empty() {
+                    Ok(req)
+                } else {
+                    // Boxed: only requests under rate-limit rules carry the
+                    // limiter's (Redis-capable) future.
+                    let limiter = arc_swap::Guard::into_inner(limiter);
+                    Box::pin(crate::proxy::hygiene::rate_limit(peer, req, limiter)).await
+                }
             }
-        }
+        },
         Err(res) => Err(res),
     };
     let mut res = match admitted {

@@ -7,7 +7,7 @@ use http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::base::config::AccessLogConfig;
+use crate::base::config::{AccessLogConfig, AuthConfig};
 use crate::proxy::edge::Edge;
 use crate::proxy::metrics::Metrics;
 pub use crate::proxy::runtime::Runtime;
@@ -26,4 +26,6 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// `[access_log]` in force (swapped on reload).
     pub(crate) access_log: ArcSwap<AccessLogConfig>,
+    /// `[auth]` in force (swapped on reload).
+    pub(crate) auth: ArcSwap<AuthConfig>,
 }

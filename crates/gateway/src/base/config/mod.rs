@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer};
 
 pub mod access_log;
 pub mod admin;
+pub mod auth;
 pub mod discovery;
 pub mod limits;
 pub mod reload;
@@ -191,10 +192,14 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// What a request must carry before it is forwarded.
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 pub use access_log::{AccessLogConfig, AccessLogFormat};
 pub use admin::AdminConfig;
+pub use auth::AuthConfig;
 pub use discovery::{AddrFamily, DiscoveryConfig, DnsDiscovery, EtcdDiscovery};
 pub use limits::{Rate, RateKey, RateLimitConfig, RateRule};
 pub use reload::ReloadConfig;
@@ -678,6 +683,7 @@ impl Config {
             admin: None,
             access_log: AccessLogConfig::default(),
             reload: ReloadConfig::default(),
+            auth: AuthConfig::default(),
         };
         cfg.validate(file)?;
         Ok(cfg)
@@ -846,6 +852,9 @@ impl Config {
             if let Err((k, m)) = a.validate() {
                 return bad(format!("admin.{k}"), m);
             }
+        }
+        if let Err((k, m)) = self.auth.validate() {
+            return bad(format!("auth.{k}"), m);
         }
         if self.reload.debounce.0 > Duration::from_secs(60) {
             return bad("reload.debounce".into(), "must be at most 60s".into());
