@@ -14,6 +14,8 @@
 //! [`Handler`]: conn::Handler
 pub mod body;
 pub mod conn;
+#[cfg(test)]
+pub(crate) mod fuzz_support;
 pub mod h1;
 pub mod hyper_conn;
 pub mod response;
