@@ -14,8 +14,6 @@
 //! [`Handler`]: conn::Handler
 pub mod body;
 pub mod conn;
-#[cfg(test)]
-pub(crate) mod fuzz_support;
 pub mod h1;
 pub mod hyper_conn;
 pub mod response;
@@ -23,3 +21,7 @@ pub mod serve;
 pub mod sniff;
 pub mod tls;
 pub mod tunnel;
+
+/// Generators and references of the parsers' property tests.
+#[cfg(test)]
+pub(crate) mod fuzz_support;
