@@ -1617,6 +1617,79 @@ mod fuzz {
         );
     }
 
+    /// hyper's client reading `wire` as a chunked response body (the
+    /// upstream closes after it): the body, or None if hyper refuses it.
+    fn hyper_dechunk(wire: &[u8]) -> Option<Vec<u8>> {
+        use http_body_util::BodyExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut response = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        response.extend_from_slice(wire);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, mut server) = tokio::io::duplex(64 * 1024);
+            let upstream = tokio::spawn(async move {
+                let mut head = [0u8; 1024];
+                let _ = server.read(&mut head).await;
+                let _ = server.write_all(&response).await;
+                let _ = server.shutdown().await;
+                // Hold the pipe until the body is read.
+                let _ = server.read(&mut head).await;
+            });
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
+                    .await
+                    .ok()?;
+            tokio::spawn(conn);
+            let req = http::Request::get("/")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let res = send.send_request(req).await.ok()?;
+            let body = tokio::time::timeout(Duration::from_secs(5), res.into_body().collect())
+                .await
+                .ok()?
+                .ok()?;
+            upstream.abort();
+            Some(body.to_bytes().to_vec())
+        })
+    }
+
+    #[test]
+    fn hyper_reads_chunked_bodies_for_the_differential() {
+        assert_eq!(
+            hyper_dechunk(b"3;a=b\r\nabc\r\n0\r\nx-t: 1\r\n\r\n"),
+            Some(b"abc".to_vec())
+        );
+        assert_eq!(hyper_dechunk(b"+3\r\nabc\r\n0\r\n\r\n"), None);
+    }
+
+    proptest! {
+        #![proptest_config(config(2000))]
+
+        /// Differential against hyper's own chunked decoder, on generated
+        /// and mutated bodies: whatever hyper decodes, the client decodes
+        /// to the same bytes (it is never stricter than hyper, and never
+        /// reads a body differently); where the client goes beyond hyper it
+        /// is only by its documented tolerances (the lenient reference).
+        #[test]
+        fn chunked_decoder_agrees_with_hyper(
+            c in chunked_body(),
+            muts in prop::collection::vec(mutation(), 0..4),
+        ) {
+            let wire = mutate(c.wire, &muts);
+            let ours = decode(&[&wire]);
+            match hyper_dechunk(&wire) {
+                Some(data) => prop_assert_eq!(&ours.0, &data, "{:?}", String::from_utf8_lossy(&wire)),
+                None => prop_assert_eq!(&ours, &reference(&wire, true)),
+            }
+            if let Some(data) = hyper_dechunk(&wire) {
+                prop_assert!(matches!(ours.1, Outcome::End(_)), "hyper read {:?} from {:?}; the client: {:?}", data, String::from_utf8_lossy(&wire), ours);
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(config(10000))]
 
