@@ -21,3 +21,7 @@ pub mod serve;
 pub mod sniff;
 pub mod tls;
 pub mod tunnel;
+
+/// Generators and references of the parsers' property tests.
+#[cfg(test)]
+pub(crate) mod fuzz_support;

@@ -130,6 +130,15 @@ impl HeadSniffer {
                     };
                     self.head.extend_from_slice(&data[..=nl]);
                     data = &data[nl + 1..];
+                    if self.head.len() - 1 > self.max_head {
+                        // The same bound when the line's end came in the
+                        // same read as the rest of it.
+                        if self.state == Sniff::ChunkSize {
+                            ev(SniffEvent::BadChunk { too_large: false });
+                        }
+                        self.lose(ev);
+                        return;
+                    }
                     let line = std::mem::take(&mut self.head);
                     let line = line.strip_suffix(b"\n").unwrap_or(&line);
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -405,5 +414,488 @@ POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r
             "{evs:?}"
         );
         assert_eq!(evs.last(), Some(&SniffEvent::Lost));
+    }
+}
+
+/// Property-based and differential tests: generated keep-alive streams
+/// against a model of their framing, any split of a stream against the
+/// whole, head boundaries and the CL+TE verdict against httparse, chunk-size
+/// lines against RFC 9112's grammar (`http::fuzz_support`).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::http::fuzz_support::*;
+    use proptest::prelude::*;
+
+    fn events(max_chunk: u64, pieces: &[&[u8]]) -> (Vec<SniffEvent>, bool) {
+        let mut s = HeadSniffer::new(8192, max_chunk);
+        let mut evs = Vec::new();
+        for p in pieces {
+            s.feed(p, &mut |e| evs.push(e));
+        }
+        (evs, s.is_off())
+    }
+
+    /// How a generated request frames its body.
+    #[derive(Debug, Clone)]
+    enum Framing {
+        None,
+        Length(Vec<u8>),
+        Chunked(Chunked),
+        /// Both headers: Transfer-Encoding wins; the CL value is any digits.
+        Both(Chunked, String, bool),
+        /// A Content-Length past u64: the guard cannot follow the body.
+        Huge(String),
+    }
+
+    fn casing() -> impl Strategy<Value = fn(&str) -> String> {
+        prop_oneof![
+            Just((|s: &str| s.to_string()) as fn(&str) -> String),
+            Just((|s: &str| s.to_ascii_lowercase()) as fn(&str) -> String),
+            Just((|s: &str| s.to_ascii_uppercase()) as fn(&str) -> String),
+        ]
+    }
+
+    fn framing() -> impl Strategy<Value = Framing> {
+        prop_oneof![
+            2 => Just(Framing::None),
+            2 => prop::collection::vec(any::<u8>(), 0..40).prop_map(Framing::Length),
+            2 => chunked_body().prop_map(Framing::Chunked),
+            1 => (chunked_body(), "[0-9]{1,4}", any::<bool>())
+                .prop_map(|(c, cl, first)| Framing::Both(c, cl, first)),
+            1 => "[1-9][0-9]{20,24}".prop_map(Framing::Huge),
+        ]
+    }
+
+    /// One request on the wire and the events the guard must report for it
+    /// (after which it stops if the last is `Lost`).
+    #[derive(Debug, Clone)]
+    struct Req {
+        wire: Vec<u8>,
+        want: Vec<SniffEvent>,
+    }
+
+    fn request(max_chunk: u64) -> impl Strategy<Value = Req> {
+        (
+            prop::collection::vec(eol(), 0..2),
+            prop::sample::select(&["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"][..]),
+            "/[a-z0-9/?=&.-]{0,20}",
+            prop::collection::vec(plain_header(), 0..5),
+            framing(),
+            any::<prop::sample::Index>(),
+            prop::collection::vec(eol(), 12),
+            casing(),
+            prop::sample::select(&["", " ", "\t", "  "][..]),
+        )
+            .prop_map(
+                move |(blank, method, path, mut headers, framing, at, eols, case, ows)| {
+                    let cl = case("Content-Length");
+                    let te = case("Transfer-Encoding");
+                    let mut want = vec![SniffEvent::HeadStarted];
+                    let (framing_headers, body, after): (Vec<(String, String)>, Vec<u8>, _) =
+                        match &framing {
+                            Framing::None => (vec![], vec![], vec![]),
+                            Framing::Length(b) => {
+                                (vec![(cl, b.len().to_string())], b.clone(), vec![])
+                            }
+                            Framing::Chunked(c) => (
+                                vec![(te, "chunked".into())],
+                                c.wire.clone(),
+                                too_large(c, max_chunk),
+                            ),
+                            Framing::Both(c, v, first) => {
+                                let mut h = vec![(cl, v.clone()), (te, "chunked".into())];
+                                if !first {
+                                    h.reverse();
+                                }
+                                (h, c.wire.clone(), too_large(c, max_chunk))
+                            }
+                            Framing::Huge(v) => {
+                                (vec![(cl, v.clone())], vec![], vec![SniffEvent::Lost])
+                            }
+                        };
+                    want.push(SniffEvent::HeadDone(HeadFlags {
+                        cl_te_conflict: framing_headers.len() == 2,
+                    }));
+                    want.extend(after);
+                    let at = at.index(headers.len() + 1);
+                    for (i, h) in framing_headers.into_iter().enumerate() {
+                        headers.insert(at + i, h);
+                    }
+                    let mut wire: Vec<u8> = blank.concat().into_bytes();
+                    let mut eols = eols.into_iter().cycle();
+                    let mut eol = || eols.next().unwrap_or("\r\n");
+                    wire.extend_from_slice(format!("{method} {path} HTTP/1.1{}", eol()).as_bytes());
+                    for (n, v) in headers {
+                        wire.extend_from_slice(format!("{n}:{ows}{v}{}", eol()).as_bytes());
+                    }
+                    wire.extend_from_slice(eol().as_bytes());
+                    wire.extend_from_slice(&body);
+                    Req { wire, want }
+                },
+            )
+    }
+
+    /// A chunk over `max_chunk`: the guard reports it and stops.
+    fn too_large(c: &Chunked, max_chunk: u64) -> Vec<SniffEvent> {
+        let over = max_chunk > 0 && {
+            // Chunk sizes, read back from the wire's size lines.
+            let mut sizes = Vec::new();
+            let mut rest = &c.wire[..];
+            while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+                let line = &rest[..nl - 1];
+                let hex = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+                let n =
+                    u64::from_str_radix(std::str::from_utf8(&line[..hex]).unwrap(), 16).unwrap();
+                if n == 0 {
+                    break;
+                }
+                sizes.push(n);
+                rest = &rest[nl + 1 + n as usize + 2..];
+            }
+            sizes.iter().any(|&n| n > max_chunk)
+        };
+        if over {
+            vec![SniffEvent::BadChunk { too_large: true }, SniffEvent::Lost]
+        } else {
+            vec![]
+        }
+    }
+
+    fn stream() -> impl Strategy<Value = (u64, Vec<u8>, Vec<SniffEvent>, bool)> {
+        prop_oneof![Just(0u64), 1u64..48]
+            .prop_flat_map(|max_chunk| {
+                (
+                    Just(max_chunk),
+                    prop::collection::vec(request(max_chunk), 1..5),
+                )
+            })
+            .prop_map(|(max_chunk, reqs)| {
+                let mut wire = Vec::new();
+                let mut want = Vec::new();
+                let mut off = false;
+                for r in reqs {
+                    wire.extend_from_slice(&r.wire);
+                    if !off {
+                        off = r.want.last() == Some(&SniffEvent::Lost);
+                        want.extend(r.want);
+                    }
+                }
+                (max_chunk, wire, want, off)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(config(3000))]
+
+        /// A stream of generated requests (CRLF or bare-LF heads, bodies by
+        /// length or chunks with extensions and trailers, CL+TE heads, huge
+        /// lengths, chunks over the bound): the guard sees every head with
+        /// its verdict, in any split of the stream: at every single offset,
+        /// at random points, and one byte at a time.
+        #[test]
+        fn every_head_is_seen_in_every_split(
+            (max_chunk, wire, want, off) in stream(),
+            points in splits(),
+        ) {
+            prop_assert_eq!(events(max_chunk, &[&wire]), (want.clone(), off));
+            prop_assert_eq!(events(max_chunk, &split(&wire, &points)), (want.clone(), off));
+            let bytes: Vec<&[u8]> = wire.chunks(1).collect();
+            prop_assert_eq!(events(max_chunk, &bytes), (want.clone(), off));
+            for i in 0..=wire.len() {
+                let (a, b) = wire.split_at(i);
+                prop_assert_eq!(events(max_chunk, &[a, b]), (want.clone(), off), "split at {}", i);
+            }
+        }
+
+        /// Mutated streams (bare CR/LF, NUL, stray digits and separators):
+        /// whatever the guard reports, it reports the same for any split,
+        /// and it never panics.
+        #[test]
+        fn mutated_streams_give_the_same_events_in_any_split(
+            (max_chunk, wire, _, _) in stream(),
+            muts in mutations(),
+            points in splits(),
+        ) {
+            let wire = mutate(wire, &muts);
+            let whole = events(max_chunk, &[&wire]);
+            prop_assert_eq!(events(max_chunk, &split(&wire, &points)), whole.clone());
+            for i in 0..=wire.len() {
+                let (a, b) = wire.split_at(i);
+                prop_assert_eq!(events(max_chunk, &[a, b]), whole.clone(), "split at {}", i);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(2000))]
+
+        /// Chunk-size and trailer lines near the line bound (`max_head`):
+        /// a line over it is refused however the reads cut it, one under it
+        /// taken, in every split.
+        #[test]
+        fn line_bound_holds_in_every_split(
+            max_head in 48usize..160,
+            ext in 0usize..200,
+            trailer in 0usize..200,
+            c in chunked_body(),
+        ) {
+            let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let mut wire = head.to_vec();
+            wire.extend_from_slice(format!("3;x={}\r\nabc\r\n", "e".repeat(ext)).as_bytes());
+            wire.extend_from_slice(&c.wire[..c.wire.len() - 2]);
+            wire.extend_from_slice(format!("x-t: {}\r\n\r\n", "t".repeat(trailer)).as_bytes());
+            let run = |pieces: &[&[u8]]| {
+                let mut s = HeadSniffer::new(max_head, 0);
+                let mut evs = Vec::new();
+                for p in pieces {
+                    s.feed(p, &mut |e| evs.push(e));
+                }
+                (evs, s.is_off())
+            };
+            let whole = run(&[&wire]);
+            let size_line = format!("3;x={}", "e".repeat(ext)).len();
+            let trailer_line = format!("x-t: {}", "t".repeat(trailer)).len();
+            let mut want = vec![
+                SniffEvent::HeadStarted,
+                SniffEvent::HeadDone(HeadFlags { cl_te_conflict: false }),
+            ];
+            // The line with its CR (the bare LF ends it).
+            if size_line + 1 > max_head {
+                want.extend([SniffEvent::BadChunk { too_large: false }, SniffEvent::Lost]);
+            } else if trailer_line + 1 > max_head {
+                want.push(SniffEvent::Lost);
+            }
+            let off = want.last() == Some(&SniffEvent::Lost);
+            prop_assert_eq!(&whole, &(want, off));
+            for i in 0..=wire.len() {
+                let (a, b) = wire.split_at(i);
+                prop_assert_eq!(&run(&[a, b]), &whole, "split at {}", i);
+            }
+        }
+    }
+
+    /// Found by `line_bound_holds_in_every_split`: a trailer (or
+    /// chunk-size) line over `max_head` was refused when the reads cut it
+    /// before its end, and taken when it came whole.
+    #[test]
+    fn regression_line_bound_holds_in_one_read() {
+        let wire = format!(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nx-t: {}\r\n\r\n",
+            "t".repeat(60)
+        );
+        let mut s = HeadSniffer::new(48, 0);
+        let mut evs = Vec::new();
+        s.feed(wire.as_bytes(), &mut |e| evs.push(e));
+        assert_eq!(evs.last(), Some(&SniffEvent::Lost));
+        let wire = format!(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x={}\r\nabc\r\n0\r\n\r\n",
+            "e".repeat(60)
+        );
+        let mut s = HeadSniffer::new(48, 0);
+        let mut evs = Vec::new();
+        s.feed(wire.as_bytes(), &mut |e| evs.push(e));
+        assert!(
+            evs.contains(&SniffEvent::BadChunk { too_large: false }),
+            "{evs:?}"
+        );
+    }
+
+    /// How many requests hyper's HTTP/1.1 server serves from `wire` sent
+    /// on one connection (then the client's write side closes).
+    fn hyper_serves(wire: &[u8]) -> usize {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let wire = wire.to_vec();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let served = Arc::new(AtomicUsize::new(0));
+            let (mut client, server) = tokio::io::duplex(1 << 20);
+            let count = served.clone();
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let count = count.clone();
+                    async move {
+                        use http_body_util::BodyExt;
+                        // Its head was parsed: the request is in.
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Empty::<bytes::Bytes>::new(),
+                        ))
+                    }
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                // Serve what was sent before the client's write side closed.
+                .half_close(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(server), svc);
+            let server = tokio::spawn(conn);
+            let _ = client.write_all(&wire).await;
+            let _ = client.shutdown().await;
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                client.read_to_end(&mut sink),
+            )
+            .await;
+            server.abort();
+            served.load(Ordering::SeqCst)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config(1000))]
+
+        /// Differential against hyper's server, whose parser decides what
+        /// is served: on generated and mutated keep-alive streams the guard
+        /// sees a head for every request hyper serves, unless it has said
+        /// it lost track (then the connection takes no more requests). A
+        /// guard that fell behind hyper would let a later CL+TE head through.
+        #[test]
+        fn the_guard_never_falls_behind_hyper(
+            (max_chunk, wire, _, _) in stream(),
+            muts in prop::collection::vec(mutation(), 0..3),
+        ) {
+            let _ = max_chunk;
+            let wire = mutate(wire, &muts);
+            let (evs, _) = events(0, &[&wire]);
+            let lost = evs.contains(&SniffEvent::Lost);
+            let seen = evs.iter().take_while(|e| **e != SniffEvent::Lost)
+                .filter(|e| matches!(e, SniffEvent::HeadDone(_))).count();
+            let served = hyper_serves(&wire);
+            prop_assert!(lost || seen >= served,
+                "hyper served {} requests, the guard saw {} heads: {:?}; {:?}",
+                served, seen, evs, String::from_utf8_lossy(&wire));
+            if muts.is_empty() {
+                prop_assert!(served > 0 || lost, "{:?}", String::from_utf8_lossy(&wire));
+            }
+        }
+    }
+
+    #[test]
+    fn hyper_serves_generated_requests_for_the_differential() {
+        let wire = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhiGET /x HTTP/1.1\nHost: a\n\n";
+        assert_eq!(hyper_serves(wire), 3);
+    }
+
+    /// A head whose framing headers may be malformed (space before the
+    /// colon, obs-fold, NUL, duplicates), then mutated.
+    fn head() -> impl Strategy<Value = Vec<u8>> {
+        let line = prop_oneof![
+            3 => plain_header().prop_map(|(n, v)| format!("{n}: {v}")),
+            2 => (casing(), "[0-9]{1,3}").prop_map(|(c, v)| format!("{}: {v}", c("Content-Length"))),
+            2 => (casing(), prop::sample::select(&["chunked", "gzip, chunked", "identity"][..]))
+                .prop_map(|(c, v)| format!("{}: {v}", c("Transfer-Encoding"))),
+            1 => Just("Content-Length : 5".to_string()),
+            1 => Just("Transfer-Encoding:\r\n chunked".to_string()),
+            1 => Just("X-Fold: a\r\n\tb".to_string()),
+            1 => Just("Transfer-Encoding\0: chunked".to_string()),
+            1 => Just(" Transfer-Encoding: chunked".to_string()),
+        ];
+        (
+            prop::collection::vec((line, eol()), 0..6),
+            eol(),
+            eol(),
+            prop::collection::vec(mutation(), 0..3),
+        )
+            .prop_map(|(lines, e1, e2, muts)| {
+                let mut h = format!("POST / HTTP/1.1{e1}");
+                for (l, e) in lines {
+                    h.push_str(&l);
+                    h.push_str(e);
+                }
+                h.push_str(e2);
+                mutate(h.into_bytes(), &muts)
+            })
+    }
+
+    /// httparse's verdict on `b`: the head's length and whether it has both
+    /// framing headers, or why not.
+    fn reference(b: &[u8]) -> Result<Option<(usize, bool)>, httparse::Error> {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        Ok(match req.parse(b)? {
+            httparse::Status::Partial => None,
+            httparse::Status::Complete(n) => {
+                let has = |name: &str| {
+                    req.headers
+                        .iter()
+                        .any(|h| h.name.eq_ignore_ascii_case(name))
+                };
+                Some((n, has("content-length") && has("transfer-encoding")))
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config(10000))]
+
+        /// The guard ends a head where httparse does and flags CL+TE exactly
+        /// when httparse parses the head and finds both headers; a head
+        /// httparse refuses is never taken for a complete one.
+        #[test]
+        fn head_end_and_cl_te_verdict_agree_with_httparse(b in head()) {
+            // The guard skips every CR and LF before a request line; hyper
+            // (httparse) skips empty lines and refuses a lone CR there,
+            // closing the connection. Compare from the request line on.
+            let skip = b.iter().take_while(|&&c| c == b'\r' || c == b'\n').count();
+            let b = &b[skip..];
+            let (evs, _) = events(0, &[b]);
+            match reference(b) {
+                Ok(Some((n, conflict))) => {
+                    let (evs_at, _) = events(0, &[&b[..n]]);
+                    let want = [
+                        SniffEvent::HeadStarted,
+                        SniffEvent::HeadDone(HeadFlags {
+                            cl_te_conflict: conflict,
+                        }),
+                    ];
+                    prop_assert_eq!(evs_at.get(..2), Some(&want[..]));
+                    prop_assert_eq!(evs.get(..2), Some(&want[..]));
+                    let (evs_before, off) = events(0, &[&b[..n - 1]]);
+                    prop_assert!(
+                        !evs_before.iter().any(|e| matches!(e, SniffEvent::HeadDone(_))) && !off,
+                        "a head found before httparse's end: {:?}", evs_before
+                    );
+                }
+                Ok(None) => {
+                    prop_assert!(!evs.iter().any(|e| matches!(e, SniffEvent::HeadDone(_) | SniffEvent::Lost)), "{:?}", evs);
+                }
+                Err(_) => {
+                    prop_assert!(!evs.iter().any(|e| matches!(e, SniffEvent::HeadDone(_))), "{:?}", evs);
+                }
+            }
+        }
+
+        /// Chunk-size lines: every line of RFC 9112's grammar is read with
+        /// its size; what the guard takes beyond the grammar is only white
+        /// space after the size or an extension it does not read, and the
+        /// size is always the leading hex digits' value.
+        #[test]
+        fn chunk_size_lines_agree_with_the_grammar(
+            zeros in 0usize..20,
+            size in prop_oneof![0u64..0x1000, any::<u64>()],
+            exts in prop::collection::vec(chunk_ext(), 0..3),
+            muts in prop::collection::vec(mutation(), 0..3),
+        ) {
+            let line = format!("{}{size:x}{}", "0".repeat(zeros), exts.concat());
+            prop_assert_eq!(grammar_chunk_line(line.as_bytes()), Some(size));
+            prop_assert_eq!(chunk_size(line.as_bytes()), Some(size));
+            let line = mutate(line.into_bytes(), &muts);
+            let got = chunk_size(&line);
+            if let Some(n) = grammar_chunk_line(&line) {
+                prop_assert_eq!(got, Some(n));
+            }
+            if let Some(n) = got {
+                let digits = line.iter().take_while(|c| c.is_ascii_hexdigit()).count();
+                let rest = line[digits..].trim_ascii_start();
+                prop_assert!(rest.is_empty() || rest[0] == b';', "{:?}", String::from_utf8_lossy(&line));
+                prop_assert_eq!(grammar_chunk_line(&line[..digits]), Some(n));
+            }
+        }
     }
 }
