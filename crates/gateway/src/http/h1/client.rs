@@ -32,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::http::body::BoxError;
+use crate::http::h1::{parse_decimal, push_dec};
 
 /// Largest response head accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
@@ -173,17 +174,6 @@ pub(crate) struct Outgoing<'a> {
     pub host: &'a str,
     pub host_override: bool,
     pub body: Option<&'a Bytes>,
-}
-
-/// A Content-Length value: ASCII digits only (`parse::<u64>` would also
-/// take a `+` sign), within u64.
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
 }
 
 /// A chunk size: 1 to 16 hex digits, nothing else.
@@ -418,24 +408,10 @@ fn encode_head(req: &Outgoing<'_>, h: &mut Vec<u8>) {
     if len > 0 || client_length || matches!(*req.method, Method::POST | Method::PUT | Method::PATCH)
     {
         h.extend_from_slice(b"content-length: ");
-        h.extend_from_slice(itoa_u64(len as u64).as_bytes());
+        push_dec(h, len as u64);
         h.extend_from_slice(b"\r\n");
     }
     h.extend_from_slice(b"\r\n");
-}
-
-fn itoa_u64(mut n: u64) -> String {
-    if n == 0 {
-        return "0".into();
-    }
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    while n > 0 {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    String::from_utf8_lossy(&digits[i..]).into_owned()
 }
 
 /// How the response body is delimited.
@@ -1134,8 +1110,11 @@ mod tests {
             b"GET / HTTP/1.1\r\nhost: client.example\r\n\r\n"
         );
         assert_eq!(head(true), b"GET / HTTP/1.1\r\nhost: 10.0.0.2:81\r\n\r\n");
-        assert_eq!(itoa_u64(0), "0");
-        assert_eq!(itoa_u64(1234567890), "1234567890");
+        for n in [0u64, 7, 1234567890, u64::MAX] {
+            let mut out = b"x".to_vec();
+            crate::http::h1::push_dec(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 }
 

@@ -10,6 +10,32 @@ pub(crate) mod server;
 
 use http::header::{HeaderName, InvalidHeaderName};
 
+/// A Content-Length value: ASCII digits only (`parse::<u64>` would also
+/// take a `+` sign), within u64.
+pub(crate) fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// `n` in decimal, appended to `out` (one formatter for both sides).
+pub(crate) fn push_dec(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// The header names of the last message read on a connection, by position:
 /// the next message from the same peer usually repeats them, and comparing
 /// raw bytes is much cheaper than parsing a name again (case-folding and

@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http::body::{BoxError, ClientBody};
 use crate::http::conn::{ConnSlot, ConnState, Handler};
+use crate::http::h1::{parse_decimal, push_dec};
 use crate::http::response::ProxyBody;
 
 /// Header lines per request head (hyper's default limit too).
@@ -638,10 +639,10 @@ fn parse_length(v: &[u8]) -> Option<u64> {
         (Some(s), Some(e)) => &v[s..=e],
         _ => &[][..],
     };
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+    if v.len() > 19 {
         return None;
     }
-    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+    parse_decimal(v)
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -649,20 +650,6 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn push_dec(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 fn format_hex(n: usize) -> String {
