@@ -332,7 +332,16 @@ fn answer(question: &str, sources: &[Source]) -> String {
 fn asks_explanation(question: &str) -> bool {
     let q = question.to_lowercase();
     let q = q.trim_end_matches(|c: char| !c.is_alphanumeric());
-    q.ends_with(" do") || q.contains("what happens") || q.contains("what does it mean")
+    // "What does the ? operator do with an Err value?"
+    let ws: Vec<&str> = q.split_whitespace().collect();
+    let what_does_do = ws.len() > 3
+        && ws[0] == "what"
+        && matches!(ws[1], "do" | "does")
+        && ws[3..].contains(&"do");
+    what_does_do
+        || q.ends_with(" do")
+        || q.contains("what happens")
+        || q.contains("what does it mean")
 }
 
 fn dedup(v: Vec<String>) -> Vec<String> {
@@ -1002,6 +1011,15 @@ mod tests {
         )];
         let a =
             ExtractiveGenerator.answer("What does the question mark operator do?", &sources, 64);
+        assert_eq!(
+            a,
+            "The question mark operator propagates the error to the calling function. [1]"
+        );
+        let a = ExtractiveGenerator.answer(
+            "What does the question mark operator do with an error?",
+            &sources,
+            64,
+        );
         assert_eq!(
             a,
             "The question mark operator propagates the error to the calling function. [1]"
