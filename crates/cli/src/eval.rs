@@ -105,6 +105,10 @@ struct AnswersArgs {
     /// from here is taken relative to the models dir.
     #[arg(long, value_name = "FILE.gguf")]
     llm_model: Option<PathBuf>,
+    /// Copy bias of the `local` generator: logit boost of the tokens that
+    /// occur in the retrieved passages (0 = off; docs/models.md).
+    #[arg(long, default_value_t = ragfleet_models::DEFAULT_COPY_BIAS)]
+    copy_bias: f32,
     /// Passages retrieved per question.
     #[arg(long, default_value_t = 3)]
     top_k: usize,
@@ -487,11 +491,13 @@ async fn load_generator(a: &AnswersArgs) -> anyhow::Result<Arc<dyn Generator>> {
                     .models
                     .join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
             };
-            let g = tokio::task::spawn_blocking(move || {
-                LocalLlama::load(&file, LocalLlamaOptions::default())
-            })
-            .await?
-            .context("loading the local generator (set --models or RAGFLEET_MODELS)")?;
+            let opts = LocalLlamaOptions {
+                copy_bias: a.copy_bias,
+                ..LocalLlamaOptions::default()
+            };
+            let g = tokio::task::spawn_blocking(move || LocalLlama::load(&file, opts))
+                .await?
+                .context("loading the local generator (set --models or RAGFLEET_MODELS)")?;
             Arc::new(g)
         }
         other => bail!("--generator must be `local` or `extractive`, not {other:?}"),
