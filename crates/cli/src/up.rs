@@ -552,12 +552,12 @@ async fn up(args: Args) -> anyhow::Result<()> {
         if !args.etcd.is_empty() {
             push("--etcd", args.etcd.join(",").into());
         }
-        if args.no_auth {
-            a.push("--no-auth".into());
-        }
         // The gateway reaches the nodes over loopback: its X-Forwarded-For
         // names the client (login throttling, audit records).
         push("--trusted-proxies", "127.0.0.1,::1".into());
+        if args.no_auth {
+            a.push("--no-auth".into());
+        }
         children.push(Child {
             log: data.join("logs").join(format!("{name}.log")),
             name,
