@@ -10,7 +10,8 @@ use tracing_subscriber::EnvFilter;
 pub const DEFAULT_FILTER: &str = "info,rustls=error";
 
 pub fn init(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // Colours only on a terminal (and not with NO_COLOR): a log file or a
     // pipe gets plain text, without escape sequences.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
