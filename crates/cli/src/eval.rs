@@ -105,10 +105,6 @@ struct AnswersArgs {
     /// from here is taken relative to the models dir.
     #[arg(long, value_name = "FILE.gguf")]
     llm_model: Option<PathBuf>,
-    /// Copy bias of the `local` generator: logit boost of the tokens that
-    /// occur in the retrieved passages (0 = off; docs/models.md).
-    #[arg(long, default_value_t = ragfleet_models::DEFAULT_COPY_BIAS)]
-    copy_bias: f32,
     /// Passages retrieved per question.
     #[arg(long, default_value_t = 3)]
     top_k: usize,
@@ -392,9 +388,6 @@ struct Asked {
     relevance: Option<Relevance>,
     /// (supported sentences, sentences) of the attributed answer.
     grounded: (usize, usize),
-    /// The numbered passages the generator was given (none when it
-    /// abstained), for diagnosing an answer from the `--scores` file.
-    sources: Vec<serde_json::Value>,
 }
 
 impl Asked {
@@ -432,20 +425,14 @@ async fn ask_one(engine: &Engine, a: &AnswersArgs, q: &SquadQuestion) -> anyhow:
         );
     };
     let run = engine.get_run(&run_id).await?;
-    let (relevance, grounded, sources) = run.map_or((None, (0, 0), Vec::new()), |r| {
+    let (relevance, grounded) = run.map_or((None, (0, 0)), |r| {
         let ok = r.attribution.iter().filter(|s| s.supported).count();
-        let sources = r
-            .sources
-            .iter()
-            .map(|s| serde_json::json!({"n": s.n, "chunk_id": s.chunk_id, "text": s.text}))
-            .collect();
-        (r.relevance, (ok, r.attribution.len()), sources)
+        (r.relevance, (ok, r.attribution.len()))
     });
     Ok(Asked {
         answer,
         relevance,
         grounded,
-        sources,
     })
 }
 
@@ -491,13 +478,11 @@ async fn load_generator(a: &AnswersArgs) -> anyhow::Result<Arc<dyn Generator>> {
                     .models
                     .join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
             };
-            let opts = LocalLlamaOptions {
-                copy_bias: a.copy_bias,
-                ..LocalLlamaOptions::default()
-            };
-            let g = tokio::task::spawn_blocking(move || LocalLlama::load(&file, opts))
-                .await?
-                .context("loading the local generator (set --models or RAGFLEET_MODELS)")?;
+            let g = tokio::task::spawn_blocking(move || {
+                LocalLlama::load(&file, LocalLlamaOptions::default())
+            })
+            .await?
+            .context("loading the local generator (set --models or RAGFLEET_MODELS)")?;
             Arc::new(g)
         }
         other => bail!("--generator must be `local` or `extractive`, not {other:?}"),
@@ -636,7 +621,6 @@ fn score_line(q: &SquadQuestion, set: &str, r: &Asked, pred: Option<&str>) -> se
         "abstained": r.abstained(),
         "f1": pred.map(|p| max_over_gold(f1_score, p, &q.answers)),
         "answer": r.answer,
-        "sources": r.sources,
     })
 }
 

@@ -133,7 +133,6 @@ impl GeneratorConfig {
                     weights: *weights,
                     max_concurrent: *max_concurrent,
                     context_tokens: *context_tokens,
-                    ..LocalLlamaOptions::default()
                 },
             )?),
             Self::Openai(cfg) => Arc::new(OpenAiGenerator::new(cfg.clone())?),

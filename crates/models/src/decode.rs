@@ -1,7 +1,6 @@
 //! Decoding controls shared by every local model: a repetition penalty and a
-//! no-repeat n-gram ban applied to the next-token logits, a copy bias
-//! towards the tokens of the sources, and a loop detector that ends an
-//! answer which has started to repeat itself.
+//! no-repeat n-gram ban applied to the next-token logits, and a loop detector
+//! that ends an answer which has started to repeat itself.
 //!
 //! All three look at the *answer* only, never at the prompt: a RAG answer
 //! must be free to copy names, flags and numbers from its sources.
@@ -160,40 +159,9 @@ pub fn max_span_repeats(ids: &[u32], span: usize) -> usize {
     counts.values().copied().max().unwrap_or(0)
 }
 
-/// Adds `bias` to the logits of the `copy` tokens, except the end-of-turn
-/// ids in `keep` (the bias must not stop an answer from ending or make it
-/// end early).
-pub fn copy_boost(logits: &mut [f32], copy: &HashSet<u32>, bias: f32, keep: &[u32]) {
-    if bias == 0.0 {
-        return;
-    }
-    for &t in copy {
-        if keep.contains(&t) {
-            continue;
-        }
-        if let Some(l) = logits.get_mut(t as usize) {
-            *l += bias;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn copy_bias_raises_source_tokens_but_not_end_of_turn() {
-        let mut logits = vec![1.0f32, 2.0, 3.0, 4.0];
-        let copy: HashSet<u32> = [0, 2, 3, 99].into_iter().collect();
-        copy_boost(&mut logits, &copy, 8.0, &[3]);
-        // 0 and 2 boosted; 3 is an end-of-turn id; 99 is out of range.
-        assert_eq!(logits, vec![9.0, 2.0, 11.0, 4.0]);
-        // Greedy now picks a source token over the model's own favourite.
-        let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b]));
-        assert_eq!(best, Some(2));
-        copy_boost(&mut logits, &copy, 0.0, &[]);
-        assert_eq!(logits, vec![9.0, 2.0, 11.0, 4.0], "0 = off");
-    }
 
     #[test]
     fn ngram_ban_forbids_completing_a_seen_ngram() {

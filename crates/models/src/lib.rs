@@ -19,9 +19,7 @@ pub mod transformer;
 mod util;
 
 pub use bert::{BertEmbedder, BertOptions};
-pub use llama::{
-    LocalLlama, LocalLlamaOptions, WeightFormat, DEFAULT_COPY_BIAS, MEASURED_COPY_BIAS,
-};
+pub use llama::{LocalLlama, LocalLlamaOptions, WeightFormat};
 pub use openai::{OpenAiConfig, OpenAiEmbedder, OpenAiEmbedderConfig, OpenAiGenerator};
 pub mod config;
 pub use config::{load_embedder, load_local_generator, EmbedderConfig, GeneratorConfig};

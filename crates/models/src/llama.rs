@@ -21,7 +21,6 @@
 //! - Each generation runs on its own OS thread and sends text deltas through a
 //!   bounded channel; dropping the stream closes the channel, which the
 //!   thread notices before the next token and stops.
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -38,7 +37,7 @@ use ragfleet_rag::{RagError, Result};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::decode::{copy_boost, LoopGuard, Penalties};
+use crate::decode::{LoopGuard, Penalties};
 use crate::gguf_tokenizer::GgufTokenizer;
 use crate::native::{self, NativeModel};
 use crate::text_stream::{StopMatcher, Utf8Stream};
@@ -85,26 +84,7 @@ pub struct LocalLlamaOptions {
     /// Cap on the context window (prompt + answer); default: the model's,
     /// at most candle's 4096-position rotary table.
     pub context_tokens: Option<usize>,
-    /// Copy bias: added to the logit of every token that occurs in the
-    /// request's numbered sources, at every step of an answer, so a small
-    /// model quotes its sources rather than its own memory (0 = off). See
-    /// [`DEFAULT_COPY_BIAS`].
-    pub copy_bias: f32,
 }
-
-/// Default of [`LocalLlamaOptions::copy_bias`]: off. With SmolLM2-135M a
-/// bias of 8 raised the share of answer sentences a source supports (the
-/// `eval answers` grounding, strict grounding off) from 38 % to 93 % on a
-/// 100-question SQuAD tuning sample (seed 7; 3 → 82 %, 5 → 90 %;
-/// docs/eval.md), but it also boosts digits and punctuation, and on the
-/// node's answer test the model then strewed numbered fragments between
-/// its sentences that attribution cannot place: opt in with `[local]
-/// copy_bias` / `eval answers --copy-bias` until word-only boosting is
-/// measured. End-of-turn tokens are never boosted.
-pub const DEFAULT_COPY_BIAS: f32 = 0.0;
-
-/// The copy bias measured in docs/eval.md (see [`DEFAULT_COPY_BIAS`]).
-pub const MEASURED_COPY_BIAS: f32 = 8.0;
 
 impl Default for LocalLlamaOptions {
     fn default() -> Self {
@@ -112,7 +92,6 @@ impl Default for LocalLlamaOptions {
             weights: WeightFormat::default(),
             max_concurrent: 1,
             context_tokens: None,
-            copy_bias: DEFAULT_COPY_BIAS,
         }
     }
 }
@@ -179,8 +158,6 @@ struct Shared {
     /// Token ids that end the answer (EOS, `<|im_end|>`, `<|endoftext|>`).
     stop_ids: Vec<u32>,
     context: usize,
-    /// [`LocalLlamaOptions::copy_bias`].
-    copy_bias: f32,
     id: String,
     path: PathBuf,
     slots: Slots,
@@ -441,11 +418,6 @@ impl LocalLlama {
                 template,
                 stop_ids,
                 context,
-                copy_bias: if opts.copy_bias.is_finite() {
-                    opts.copy_bias
-                } else {
-                    0.0
-                },
                 id: format!("local:{stem}@{}", &hash[..12]),
                 path: path.to_path_buf(),
                 slots: Slots {
@@ -535,11 +507,10 @@ impl LocalLlama {
     pub fn generate_ids(&self, messages: &[ChatMessage], params: &GenParams) -> Result<Vec<u32>> {
         let ids = self.prompt_ids(messages)?;
         let mut out = Vec::new();
-        self.shared
-            .decode_loop(&ids, params, &HashSet::new(), |tok, _| {
-                out.push(tok);
-                true
-            })?;
+        self.shared.decode_loop(&ids, params, |tok, _| {
+            out.push(tok);
+            true
+        })?;
         Ok(out)
     }
 
@@ -667,15 +638,13 @@ impl Shared {
     }
 
     /// The decoding loop: samples up to `max_tokens` tokens after `ids`
-    /// under the decoding controls (and the copy bias towards the `copy`
-    /// tokens), calling `emit(token, text_bytes)` for
+    /// under the decoding controls, calling `emit(token, text_bytes)` for
     /// each (not for an end-of-turn token); `emit` returns false to stop.
     /// Ends at an end-of-turn token, at the cap, or when the answer loops.
     fn decode_loop(
         &self,
         ids: &[u32],
         params: &GenParams,
-        copy: &HashSet<u32>,
         mut emit: impl FnMut(u32, &[u8]) -> bool,
     ) -> Result<()> {
         if ids.is_empty() {
@@ -714,7 +683,6 @@ impl Shared {
         let mut logits = runner.step(ids, 0)?;
         for (pos, produced) in (ids.len()..).zip(1..=max_new) {
             penalties.apply(&mut logits, &self.stop_ids);
-            copy_boost(&mut logits, copy, self.copy_bias, &self.stop_ids);
             let n = logits.len();
             let t = Tensor::from_vec(std::mem::take(&mut logits), n, &Device::Cpu).map_err(err)?;
             let next = sampler.sample(&t).map_err(err)?;
@@ -751,18 +719,10 @@ impl Shared {
         tx: &mpsc::Sender<Delta>,
     ) -> Result<()> {
         let ids = llama.prompt_ids(&req.messages)?;
-        // The tokens of the sources (as they stand in the prompt), for the
-        // copy bias.
-        let mut copy: HashSet<u32> = HashSet::new();
-        if self.copy_bias != 0.0 {
-            for s in &req.sources {
-                copy.extend(self.tok.encode(&s.text)?);
-            }
-        }
         let mut utf8 = Utf8Stream::default();
         let mut stops = StopMatcher::new(&req.params.stop);
         let mut done = false;
-        self.decode_loop(&ids, &req.params, &copy, |_, bytes| {
+        self.decode_loop(&ids, &req.params, |_, bytes| {
             let text = stops.push(&utf8.push(bytes));
             if !text.is_empty() && tx.blocking_send(Ok(text)).is_err() {
                 done = true; // receiver dropped: cancelled

@@ -297,10 +297,6 @@ pub struct LocalConfig {
     pub max_concurrent: usize,
     /// Cap on the context window (prompt + answer); default: the model's.
     pub context_tokens: Option<usize>,
-    /// Logit boost of the tokens that occur in the retrieved sources
-    /// (default 0 = off; 8 was measured); see
-    /// `ragfleet_models::DEFAULT_COPY_BIAS`.
-    pub copy_bias: f32,
 }
 
 impl Default for LocalConfig {
@@ -311,7 +307,6 @@ impl Default for LocalConfig {
             weights: ragfleet_models::WeightFormat::default(),
             max_concurrent: 1,
             context_tokens: None,
-            copy_bias: ragfleet_models::DEFAULT_COPY_BIAS,
         }
     }
 }

@@ -66,7 +66,6 @@ fn build_models(cfg: &NodeConfig) -> Result<Models, NodeError> {
             weights: cfg.local.weights,
             max_concurrent: cfg.local.max_concurrent.max(1),
             context_tokens: cfg.local.context_tokens,
-            copy_bias: cfg.local.copy_bias,
         };
         match ragfleet_models::load_local_generator(&gguf, opts) {
             Ok(g) => {

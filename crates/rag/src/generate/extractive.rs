@@ -28,8 +28,6 @@ use super::segment::{segment, UnitKind};
 use super::{GenerateRequest, Generator, Source};
 use crate::Result;
 
-mod phrase;
-
 /// Units kept at most.
 const MAX_UNITS: usize = 3;
 
@@ -302,17 +300,6 @@ fn answer(question: &str, sources: &[Source]) -> String {
     if let Some((span, n)) = best_span(&cands, &ranked, question, &q_terms, &idf, qtype) {
         return format!("{span} [{n}]");
     }
-    // An open "what/which" question answered by a sentence: the phrase of
-    // it that answers ("What fort did the British capture?" → "Fort
-    // Beauséjour"), not the whole sentence.
-    if qtype == QuestionType::Entity
-        && cands[best].kind == UnitKind::Sentence
-        && !asks_explanation(question)
-    {
-        if let Some(p) = phrase::answer_phrase(question, &q_terms, &cands[best].text) {
-            return format!("{p} [{}]", cands[best].n);
-        }
-    }
     let picked = pick_units(&cands, &ranked, best);
     let mut out = String::new();
     for (k, &i) in picked.iter().enumerate() {
@@ -325,23 +312,6 @@ fn answer(question: &str, sources: &[Source]) -> String {
         out.push_str(&format!("{} [{}]", cands[i].text, cands[i].n));
     }
     out
-}
-
-/// "What does X do?", "What happens when …": the answer is an
-/// explanation, which a phrase cut from it would lose.
-fn asks_explanation(question: &str) -> bool {
-    let q = question.to_lowercase();
-    let q = q.trim_end_matches(|c: char| !c.is_alphanumeric());
-    // "What does the ? operator do with an Err value?"
-    let ws: Vec<&str> = q.split_whitespace().collect();
-    let what_does_do = ws.len() > 3
-        && ws[0] == "what"
-        && matches!(ws[1], "do" | "does")
-        && ws[3..].contains(&"do");
-    what_does_do
-        || q.ends_with(" do")
-        || q.contains("what happens")
-        || q.contains("what does it mean")
 }
 
 fn dedup(v: Vec<String>) -> Vec<String> {
@@ -479,8 +449,6 @@ fn pick_units(cands: &[Cand], ranked: &[usize], best: usize) -> Vec<usize> {
 #[derive(Debug, Clone)]
 struct Tok {
     core: String,
-    /// The word lower-cased, letters and digits only.
-    word: String,
     stem: String,
     stop: bool,
     /// Punctuation (`,;:()`) after the word: spans do not cross it.
@@ -597,7 +565,6 @@ fn tokenize(text: &str) -> Vec<Tok> {
         out.push(Tok {
             stem: stem(&alnum),
             stop: is_stop(&alnum) || alnum.is_empty(),
-            word: alnum.clone(),
             core: core.to_string(),
             brk_after: brk,
             cap,
@@ -971,72 +938,6 @@ mod tests {
             64,
         );
         assert_eq!(a, "0 [1]");
-    }
-
-    /// SQuAD v1.1 dev, "Seven Years' War" and "Chloroplast": an open
-    /// "what" question gets the phrase next to the question's words, not the
-    /// sentence.
-    #[test]
-    fn an_open_what_question_gets_the_phrase_that_answers() {
-        let sources = vec![src(
-            1,
-            "In 1755, the British captured Fort Beauséjour on the border separating \
-             Nova Scotia from Acadia; soon afterward they ordered the expulsion of the Acadians.",
-        )];
-        let a = ExtractiveGenerator.answer("In 1755 what fort did British capture?", &sources, 64);
-        // The phrase runs to the next punctuation: readable, and it holds
-        // the answer ("Fort Beauséjour") without the clauses around it.
-        assert_eq!(
-            a,
-            "Fort Beauséjour on the border separating Nova Scotia from Acadia [1]"
-        );
-        let sources = vec![src(
-            2,
-            "All chloroplasts in a plant are descended from undifferentiated proplastids \
-             found in the zygote, or fertilized egg.",
-        )];
-        let a = ExtractiveGenerator.answer(
-            "What do a plant's chloroplasts descend from?",
-            &sources,
-            64,
-        );
-        assert_eq!(a, "undifferentiated proplastids found in the zygote [2]");
-    }
-
-    #[test]
-    fn an_explanation_question_keeps_the_sentence() {
-        let sources = vec![src(
-            1,
-            "The question mark operator propagates the error to the calling function.",
-        )];
-        let a =
-            ExtractiveGenerator.answer("What does the question mark operator do?", &sources, 64);
-        assert_eq!(
-            a,
-            "The question mark operator propagates the error to the calling function. [1]"
-        );
-        let a = ExtractiveGenerator.answer(
-            "What does the question mark operator do with an error?",
-            &sources,
-            64,
-        );
-        assert_eq!(
-            a,
-            "The question mark operator propagates the error to the calling function. [1]"
-        );
-    }
-
-    #[test]
-    fn answer_type_noun() {
-        assert_eq!(
-            phrase::wh_head("In 1755 what fort did British capture?").as_deref(),
-            Some("fort")
-        );
-        assert_eq!(
-            phrase::wh_head("Which type of engine powers it?").as_deref(),
-            Some("engine")
-        );
-        assert_eq!(phrase::wh_head("What is the capital?"), None);
     }
 
     #[test]
