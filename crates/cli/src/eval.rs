@@ -388,6 +388,9 @@ struct Asked {
     relevance: Option<Relevance>,
     /// (supported sentences, sentences) of the attributed answer.
     grounded: (usize, usize),
+    /// The numbered passages the generator was given (none when it
+    /// abstained), for diagnosing an answer from the `--scores` file.
+    sources: Vec<serde_json::Value>,
 }
 
 impl Asked {
@@ -425,14 +428,20 @@ async fn ask_one(engine: &Engine, a: &AnswersArgs, q: &SquadQuestion) -> anyhow:
         );
     };
     let run = engine.get_run(&run_id).await?;
-    let (relevance, grounded) = run.map_or((None, (0, 0)), |r| {
+    let (relevance, grounded, sources) = run.map_or((None, (0, 0), Vec::new()), |r| {
         let ok = r.attribution.iter().filter(|s| s.supported).count();
-        (r.relevance, (ok, r.attribution.len()))
+        let sources = r
+            .sources
+            .iter()
+            .map(|s| serde_json::json!({"n": s.n, "chunk_id": s.chunk_id, "text": s.text}))
+            .collect();
+        (r.relevance, (ok, r.attribution.len()), sources)
     });
     Ok(Asked {
         answer,
         relevance,
         grounded,
+        sources,
     })
 }
 
@@ -621,6 +630,7 @@ fn score_line(q: &SquadQuestion, set: &str, r: &Asked, pred: Option<&str>) -> se
         "abstained": r.abstained(),
         "f1": pred.map(|p| max_over_gold(f1_score, p, &q.answers)),
         "answer": r.answer,
+        "sources": r.sources,
     })
 }
 
